@@ -1,0 +1,99 @@
+# bnrepro: `make book` builds the HTML book, `make test` runs the tests.
+# Both set everything up on a fresh machine and skip what is already done.
+
+SHELL        := /bin/bash
+PYTHON       ?= python3
+VENV         := .venv
+PY           := $(VENV)/bin/python
+STAMP        := $(VENV)/.installed
+PROFILE      ?= cpu
+BUILD        := _build/$(PROFILE)
+HTML         := $(BUILD)/_build/html
+MATHJAX_VER  := 3.2.2
+MATHJAX      := _mathjax/mathjax/tex-chtml.js
+DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: help setup data mathjax book test test-fast bench reproduce clean clean-book
+
+help:
+	@echo "make book    set up, then build the HTML book (PROFILE=cpu|smoke|paper, default cpu)"
+	@echo "make test    set up, then run unit tests and execute every notebook (smoke profile)"
+	@echo "make bench   training images/s: tensor-resident loop vs DataLoader loop"
+	@echo "make reproduce   run every experiment of PROFILE into results/ (resumable)"
+
+# --- set-up -----------------------------------------------------------------
+
+setup: $(STAMP) data
+
+# The venv is rebuilt only when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python >= 3.10 or run make PYTHON=/path/to/python3"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[book,test]'
+	@touch $@
+
+# Fashion-MNIST: present already (Debian package, $BNREPRO_DATA or the cache),
+# else Debian's dataset-fashion-mnist when we may use apt, else torchvision's download.
+data: $(STAMP)
+	@if BNREPRO_OFFLINE=1 $(PY) -m bnrepro data fashion-mnist >/dev/null 2>&1; then \
+	  BNREPRO_OFFLINE=1 $(PY) -m bnrepro data fashion-mnist; \
+	elif command -v apt-get >/dev/null && { [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
+	  echo "installing Debian's dataset-fashion-mnist into $(DEBIAN_FMNIST)"; \
+	  $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null \
+	    || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null; } \
+	    || { echo "apt-get failed; trying torchvision's download"; $(PY) -m bnrepro data fashion-mnist --fetch; }; \
+	else \
+	  echo "no root for apt-get (Debian package dataset-fashion-mnist): trying torchvision's download."; \
+	  echo "Offline? Copy the four Fashion-MNIST idx files into a folder and set BNREPRO_DATA to it."; \
+	  $(PY) -m bnrepro data fashion-mnist --fetch; \
+	fi
+
+# MathJax 3 from the npm registry, so the built book renders math offline.
+mathjax: $(MATHJAX)
+$(MATHJAX):
+	@command -v npm >/dev/null || { echo "error: npm not found. Install Node.js (Debian: sudo apt-get install npm) so that 'make mathjax' can fetch MathJax $(MATHJAX_VER); without it math does not render offline."; exit 1; }
+	npm install --prefix .mathjax --no-save --no-audit --no-fund --loglevel=error mathjax@$(MATHJAX_VER)
+	rm -rf _mathjax && mkdir -p _mathjax
+	cp -r .mathjax/node_modules/mathjax/es5 _mathjax/mathjax
+
+# --- the book ---------------------------------------------------------------
+
+# One build folder, and so one execution cache, per profile. The cache keys
+# on notebook code only, so it is cleared when the package or the stored
+# results it reads change.
+BOOK_INPUTS := $(shell find bnrepro results -type f -not -path '*/__pycache__/*' 2>/dev/null)
+$(BUILD)/.inputs: $(BOOK_INPUTS)
+	@mkdir -p $(BUILD)
+	@rm -rf $(BUILD)/_build/.jupyter_cache
+	@touch $@
+
+book: setup mathjax $(BUILD)/.inputs
+	@start=$$(date +%s); \
+	BNREPRO_PROFILE=$(PROFILE) $(VENV)/bin/jupyter-book build . --path-output $(BUILD) -W -n --keep-going \
+	  && echo "Book built at profile $(PROFILE) in $$(( $$(date +%s) - start )) s: open $(CURDIR)/$(HTML)/index.html"
+
+clean-book:
+	rm -rf _build
+
+# --- tests and measurements -------------------------------------------------
+
+# Unit tests plus every notebook executed by nbval at the smoke profile, with
+# results written to a throw-away store (the committed results/ stay as they are).
+test: setup
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	BNREPRO_PROFILE=smoke BNREPRO_RESULTS=$$tmp/results MPLBACKEND=Agg \
+	  $(PY) -m pytest tests book --nbval-lax -p no:cacheprovider
+
+test-fast: setup
+	$(PY) -m pytest tests -p no:cacheprovider
+
+bench: setup
+	$(PY) -m bnrepro bench
+
+reproduce: setup
+	@for exp in $$($(PY) -c "from bnrepro.experiments import list_experiments as l; print(' '.join(e.name for e in l()))"); do \
+	  $(PY) -m bnrepro run $$exp --profile $(PROFILE) || exit $$?; done
+
+clean: clean-book
+	rm -rf $(VENV) .mathjax _mathjax *.egg-info

@@ -1,0 +1,164 @@
+"""The ``bnrepro`` command: run experiments into the results store, check data, benchmark.
+
+    bnrepro list                               experiments and their profiles
+    bnrepro run lenet --profile cpu            the chapter's whole sweep (resumable)
+    bnrepro run lenet --set norm=none --set seed=3   one config
+    bnrepro data fashion-mnist [--fetch]       where the data is (or download it)
+    bnrepro bench                              tensor-resident loop vs DataLoader
+    bnrepro info                               versions, device, folders
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+
+from .config import PROFILES, ConfigError, current_profile
+
+
+def _parse_value(field: dataclasses.Field, text: str):
+    """Turn ``--set name=text`` into the field's type (int, float, bool, None, tuple, str)."""
+    kind = str(field.type)
+    if text.lower() in ("none", "null") and "None" in kind:
+        return None
+    try:
+        if kind.startswith("bool"):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+        if kind.startswith("tuple"):
+            inner = kind[kind.index("[") + 1:].split(",")[0].strip() if "[" in kind else "str"
+            conv = {"int": int, "float": float}.get(inner, str)
+            return tuple(conv(v) for v in text.split(",") if v)
+    except ValueError:
+        raise ConfigError(f"{field.name}={text!r}: expected a value of type {kind}") from None
+    return text
+
+
+def _overrides(config_cls, pairs: list[str]) -> dict:
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set {pair!r}: write it as NAME=VALUE, e.g. --set lr=0.1")
+        name, text = pair.split("=", 1)
+        if name not in fields:
+            raise ConfigError(f"--set {name}: {config_cls.__name__} has no field {name!r}; "
+                              f"fields are: {', '.join(fields)}")
+        out[name] = _parse_value(fields[name], text)
+    return out
+
+
+def cmd_list(args) -> int:
+    from .experiments import list_experiments
+
+    for exp in list_experiments():
+        sizes = ", ".join(f"{p}: {len(exp.sweep(p))} run(s)" for p in PROFILES)
+        print(f"{exp.name:<16} {exp.doc}\n{'':<16} {sizes}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .experiments import get_experiment
+    from .store import load_or_run, results_dir
+
+    exp = get_experiment(args.experiment)
+    profile = args.profile or current_profile()
+    if args.set:
+        configs = [exp.config.for_profile(profile, **_overrides(exp.config, args.set))]
+    else:
+        configs = exp.sweep(profile)
+    print(f"{exp.name}: {len(configs)} config(s) at profile {profile!r}; results in {results_dir()}")
+    start = time.perf_counter()
+    for i, cfg in enumerate(configs, 1):
+        print(f"[{i}/{len(configs)}] ", end="")
+        load_or_run(cfg, force=args.force, device=args.device)
+    print(f"all {len(configs)} done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .data import load_dataset
+
+    data = load_dataset(args.name, device="cpu", download=True if args.fetch else None)
+    print(f"{data.name}: {len(data.x_train)} train / {len(data.x_test)} test images "
+          f"{tuple(data.x_train.shape[1:])}, {data.num_classes} classes, from {data.source}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import loop_benchmark
+
+    loop_benchmark(batch_size=args.batch_size, steps=args.steps, device=args.device)
+    return 0
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from . import __version__
+    from .data import cache_dir, data_dir
+    from .device import describe_device, get_device
+    from .provenance import git_revision
+    from .store import results_dir
+
+    print(f"bnrepro {__version__} (git {git_revision()}), torch {torch.__version__}")
+    print(f"device:  {describe_device(get_device(args.device))}")
+    print(f"profile: {current_profile()}")
+    print(f"data:    {data_dir()}\ncache:   {cache_dir()}\nresults: {results_dir()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bnrepro", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    sub.add_parser("list", help="list experiments").set_defaults(func=cmd_list)
+    p = sub.add_parser("run", help="run an experiment into the results store")
+    p.add_argument("experiment")
+    p.add_argument("--profile", choices=PROFILES, help="default: $BNREPRO_PROFILE or cpu")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="override a config field (repeatable); runs that one config only")
+    p.add_argument("--force", action="store_true", help="recompute even if a stored result exists")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: $BNREPRO_DEVICE or best available)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("data", help="say where a dataset is loaded from")
+    p.add_argument("name", nargs="?", default="fashion-mnist")
+    p.add_argument("--fetch", action="store_true", help="download with torchvision if missing")
+    p.set_defaults(func=cmd_data)
+    p = sub.add_parser("bench", help="images/s: tensor-resident loop vs a DataLoader loop")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("info", help="versions, device and folders")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data import DataNotFoundError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataNotFoundError, ValueError, KeyError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"bnrepro: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nbnrepro: interrupted. Finished runs are stored; run the same command again to resume.",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

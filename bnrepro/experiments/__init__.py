@@ -1,0 +1,53 @@
+"""The experiment registry: name -> (config class, run function, sweep).
+
+An experiment is one module with a frozen config dataclass, ``run(cfg,
+device=None) -> Result`` (one training run or measurement), and optionally
+``sweep(profile) -> list[cfg]``: every config the chapter reads, which
+``bnrepro run NAME --profile P`` computes through the results store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Callable
+
+from ..config import ExperimentConfig
+
+_MODULES = ("lenet",)  # modules that register experiments on import
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    name: str
+    config: type[ExperimentConfig]
+    run: Callable
+    sweep: Callable[[str], list]
+    doc: str = ""
+
+
+_REGISTRY: dict[str, Experiment] = {}
+
+
+def register(config: type[ExperimentConfig], run: Callable, sweep: Callable | None = None) -> None:
+    name = config.experiment
+    _REGISTRY[name] = Experiment(name, config, run,
+                                 sweep or (lambda profile: [config.for_profile(profile)]),
+                                 (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else "")
+
+
+def _load_all() -> None:
+    for mod in _MODULES:
+        importlib.import_module(f"{__name__}.{mod}")
+
+
+def get_experiment(name: str) -> Experiment:
+    _load_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown experiment {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def list_experiments() -> list[Experiment]:
+    _load_all()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]

@@ -1,0 +1,164 @@
+"""The results store: finished runs as small JSON files keyed by config hash.
+
+A result lives at ``<results_dir>/<experiment>/<config hash>.json``. It is
+written atomically (temporary file in the same folder, then ``os.replace``),
+and carries ``"complete": true`` and its own config hash; a file that does
+not parse, lacks either, or was made from another config is reported and
+recomputed, never loaded. A run whose complete file exists is not run again
+(open_lth's completion-marker habit).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .config import ExperimentConfig, config_hash
+from .provenance import REPO_ROOT
+
+RESULTS_ENV = "BNREPRO_RESULTS"
+FORMAT_VERSION = 1
+
+
+def results_dir() -> Path:
+    """``$BNREPRO_RESULTS``; else ``results/`` of the source checkout; else a user cache."""
+    env = os.environ.get(RESULTS_ENV)
+    if env:
+        return Path(env).expanduser()
+    if (REPO_ROOT / "pyproject.toml").exists():
+        return REPO_ROOT / "results"
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "bnrepro" / "results"
+
+
+@dataclasses.dataclass
+class Result:
+    """One finished run: its config, what it measured, and its provenance.
+
+    ``data`` holds the measurements as JSON-able values (numbers, strings,
+    lists, dicts); ``loaded`` says whether it came from the store.
+    """
+
+    experiment: str
+    config: dict[str, Any]
+    data: dict[str, Any]
+    provenance: dict[str, Any]
+    config_hash: str = ""
+    loaded: bool = False
+
+    def __getitem__(self, key):
+        return self.data[key]
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT_VERSION, "complete": True, "experiment": self.experiment,
+                "config_hash": self.config_hash, "config": self.config,
+                "provenance": self.provenance, "data": self.data}
+
+
+class CorruptResult(Exception):
+    pass
+
+
+def path_for(cfg: ExperimentConfig, root: Path | None = None) -> Path:
+    return (root or results_dir()) / cfg.experiment / f"{config_hash(cfg)}.json"
+
+
+def _jsonable(value):
+    """Plain JSON types; non-finite floats become None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return _jsonable(value.item())
+    return value
+
+
+def save(result: Result, cfg: ExperimentConfig, root: Path | None = None) -> Path:
+    """Write ``result`` atomically; returns its path."""
+    path = path_for(cfg, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result.config_hash = config_hash(cfg)
+    text = json.dumps(_jsonable(result.to_json()), indent=1, sort_keys=True, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read(path: Path, cfg: ExperimentConfig | None = None) -> Result:
+    """Parse and check a stored result; raises CorruptResult with the reason."""
+    try:
+        blob = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptResult(f"cannot parse ({exc})") from None
+    if not isinstance(blob, dict) or blob.get("complete") is not True:
+        raise CorruptResult("no completion marker")
+    for key in ("experiment", "config", "data", "provenance", "config_hash"):
+        if key not in blob:
+            raise CorruptResult(f"missing key {key!r}")
+    if cfg is not None:
+        if blob["config_hash"] != config_hash(cfg) or blob["config"] != _jsonable(cfg.to_dict()):
+            raise CorruptResult("made from another config")
+    return Result(blob["experiment"], blob["config"], blob["data"], blob["provenance"],
+                  blob["config_hash"], loaded=True)
+
+
+def load(cfg: ExperimentConfig, root: Path | None = None, verbose: bool = False) -> Result | None:
+    """The stored result of ``cfg``, or None when absent or unusable."""
+    path = path_for(cfg, root)
+    if not path.exists():
+        return None
+    try:
+        return read(path, cfg)
+    except CorruptResult as exc:
+        msg = f"stored result {path} is unusable ({exc}); it will be recomputed"
+        if verbose:
+            print(msg)
+        else:
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+        return None
+
+
+def load_or_run(cfg: ExperimentConfig, *, force: bool = False, device=None,
+                root: Path | None = None, verbose: bool = True) -> Result:
+    """The stored result of ``cfg`` if there is a sound one, else run it and store it.
+
+    Prints which of the two happened, so a reader always knows.
+    """
+    from .experiments import get_experiment
+
+    if not force:
+        found = load(cfg, root, verbose=verbose)
+        if found is not None:
+            if verbose:
+                print(f"found stored result, loading: {cfg.experiment}/{found.config_hash} "
+                      f"(run on {found.provenance.get('device', '?')}, "
+                      f"{found.provenance.get('wall_time_s', float('nan')):.0f} s)")
+            return found
+    run = get_experiment(cfg.experiment).run
+    if verbose:
+        print(f"no stored result: running {cfg.experiment}/{config_hash(cfg)} ...", flush=True)
+    start = time.perf_counter()
+    result = run(cfg, device=device)
+    result.config_hash = config_hash(cfg)
+    path = save(result, cfg, root)
+    if verbose:
+        print(f"done in {time.perf_counter() - start:.1f} s; stored as {path.parent.name}/{path.name}")
+    return result

@@ -1,0 +1,76 @@
+import dataclasses
+
+import pytest
+
+from bnrepro.config import ConfigError, ExperimentConfig, config_hash, current_profile
+from bnrepro.experiments import get_experiment, list_experiments
+from bnrepro.experiments.lenet import LeNetConfig
+
+
+def test_hashes_are_pinned():
+    # If one of these changes, every stored result of that experiment is
+    # orphaned: change them only together with the results they key.
+    assert config_hash(LeNetConfig()) == "597ae9c2436d9b5c"
+    assert config_hash(LeNetConfig.for_profile("smoke")) == "ff2b2740af1338c3"
+    assert config_hash(LeNetConfig.for_profile("cpu", norm="none", seed=2)) == "361aa1382179fdb6"
+
+
+def test_hash_is_stable_and_sensitive():
+    a, b = LeNetConfig(), LeNetConfig()
+    assert config_hash(a) == config_hash(b)
+    assert config_hash(a) != config_hash(a.replace(seed=1))
+    assert config_hash(LeNetConfig(lr=1)) == config_hash(LeNetConfig(lr=1.0))
+    assert len(config_hash(a)) == 16
+
+
+def test_profiles_apply_overrides():
+    smoke = LeNetConfig.for_profile("smoke")
+    assert smoke.epochs == 1 and smoke.n_train == 2048
+    assert LeNetConfig.for_profile("cpu") == LeNetConfig()
+    assert LeNetConfig.for_profile("smoke", epochs=2).epochs == 2
+
+
+def test_configs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        LeNetConfig().lr = 3.0
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("lr", -1.0, "lr=-1.0"),
+    ("dataset", "imagenet", "dataset='imagenet'"),
+    ("batch_size", 1, "batch_size=1"),
+    ("epochs", 0, "epochs=0"),
+    ("norm", "layer", "norm='layer'"),
+])
+def test_bad_values_name_the_field(field, value, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        LeNetConfig(**{field: value})
+
+
+def test_batch_of_one_is_fine_without_bn():
+    assert LeNetConfig(norm="none", batch_size=1).batch_size == 1
+
+
+def test_unknown_field_and_profile():
+    with pytest.raises(ConfigError, match="no field"):
+        LeNetConfig.for_profile("cpu", learning_rate=0.1)
+    with pytest.raises(ConfigError, match="profile"):
+        LeNetConfig.for_profile("huge")
+
+
+def test_profile_env(monkeypatch):
+    monkeypatch.setenv("BNREPRO_PROFILE", "smoke")
+    assert current_profile() == "smoke"
+    monkeypatch.setenv("BNREPRO_PROFILE", "tiny")
+    with pytest.raises(ConfigError, match="BNREPRO_PROFILE"):
+        current_profile()
+
+
+def test_registry_has_sweeps_for_every_profile():
+    for exp in list_experiments():
+        assert issubclass(exp.config, ExperimentConfig)
+        for profile in ("smoke", "cpu", "paper"):
+            configs = exp.sweep(profile)
+            assert configs and len({config_hash(c) for c in configs}) == len(configs)
+    with pytest.raises(KeyError, match="unknown experiment"):
+        get_experiment("nope")
