@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 from typing import Callable
 
 from ..config import ExperimentConfig
-
-_MODULES = ("lenet",)  # modules that register experiments on import
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +36,10 @@ def register(config: type[ExperimentConfig], run: Callable, sweep: Callable | No
 
 
 def _load_all() -> None:
-    for mod in _MODULES:
-        importlib.import_module(f"{__name__}.{mod}")
+    """Import every module of this package: each registers its experiment(s)."""
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}")
 
 
 def get_experiment(name: str) -> Experiment:

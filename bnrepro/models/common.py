@@ -1,0 +1,75 @@
+"""Building blocks shared by the book's models.
+
+Every model takes a ``norm`` argument naming its normalization layer, so that
+"with vs without BN" is configuration, not a second class:
+
+* ``"bn"``      -- PyTorch's ``nn.BatchNorm1d/2d``;
+* ``"bnrepro"`` -- the book's own :class:`bnrepro.norm.BatchNorm` (closed-form
+  backward pass, chapter "BN from first principles");
+* ``"none"``    -- no normalization.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+NORMS = ("bn", "bnrepro", "none")
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "sigmoid": nn.Sigmoid,
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+}
+
+
+def check_choice(field: str, value: str, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{field}={value!r} is not one of {', '.join(map(repr, choices))}")
+    return value
+
+
+def make_norm(norm: str, num_features: int, dim: int) -> nn.Module:
+    """A normalization layer for ``num_features`` channels.
+
+    ``dim`` is 1 for (N, C) activations of a fully connected layer (statistics
+    over the batch) and 2 for (N, C, H, W) feature maps (statistics over batch
+    and pixels, Ioffe & Szegedy Section 3.2).
+    """
+    check_choice("norm", norm, NORMS)
+    if norm == "none":
+        return nn.Identity()
+    if norm == "bnrepro":
+        from ..norm import BatchNorm  # local import: norm imports nothing from here
+
+        return BatchNorm(num_features)
+    return nn.BatchNorm1d(num_features) if dim == 1 else nn.BatchNorm2d(num_features)
+
+
+def make_activation(name: str) -> nn.Module:
+    return ACTIVATIONS[check_choice("activation", name, tuple(ACTIVATIONS))]()
+
+
+INITS = ("default", "xavier")
+
+
+def init_weights(model: nn.Module, init: str = "default") -> nn.Module:
+    """Re-initialise conv/linear weights: ``"default"`` keeps PyTorch's,
+    ``"xavier"`` is d2l's ``train_ch6`` (Xavier-uniform weights, biases kept)."""
+    check_choice("init", init, INITS)
+    if init == "xavier":
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(m.weight)
+    return model
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """True when any module normalizes with batch statistics in training."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) or type(m).__name__ == "BatchNorm"
+               for m in model.modules())
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
