@@ -54,7 +54,8 @@ class Rule:
         raise ValueError(f"Rule kind={self.kind!r} is not one of within, at_least, at_most, between")
 
     def describe(self) -> str:
-        p = f"; partly within {self.partly_tol:g}" if self.partly_tol else ""
+        shown = self.partly_tol > (self.tol if self.kind == "within" else 0.0)
+        p = f"; partly within {self.partly_tol:g}" if shown else ""
         if self.kind == "within":
             return f"|ours - {self.target:g}| <= {self.tol:g}{p}"
         if self.kind == "at_least":

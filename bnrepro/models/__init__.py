@@ -12,8 +12,13 @@ from torch import nn
 from .common import (ACTIVATIONS, INITS, NORMS, check_choice, count_parameters, has_batchnorm,
                      init_weights, make_activation, make_norm)
 from .lenet import MLP, LeNet
+from .cifar_resnet import VGG, CifarResNet, cifar_resnet, vgg_bn
+from .vgg import DistributionNoise, GhostBatchNorm, NoisyVGG, hold_noise, layer_groups
+from .resnet import VARIANTS as RESNET_VARIANTS, LinearResNet, ResNet, residual_blocks
 
-MODELS: dict[str, type[nn.Module]] = {"lenet": LeNet, "mlp": MLP}
+MODELS: dict[str, type[nn.Module]] = {"lenet": LeNet, "mlp": MLP, "cifar_resnet": CifarResNet, "vgg_bn": VGG,
+                                     "noisy_vgg": NoisyVGG,
+                                     "resnet": ResNet, "linear_resnet": LinearResNet}
 
 
 def build_model(name: str, **kwargs) -> nn.Module:

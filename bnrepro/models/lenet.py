@@ -12,7 +12,8 @@ class LeNet(nn.Sequential):
 
     With ``norm="bn"`` a BN layer sits between every convolution / linear
     layer and its activation, exactly as d2l's ``BNLeNet``; with
-    ``norm="none"`` it is d2l's plain LeNet (28x28 input, no padding).
+    ``norm="none"`` the same network without BN (28x28 input; like d2l's BN
+    chapter, the first convolution has no padding, unlike its LeNet chapter).
     The layer before a BN layer keeps its bias, as in d2l, although BN makes
     it redundant (the chapter on first principles shows why).
     """
