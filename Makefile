@@ -13,7 +13,7 @@ MATHJAX_VER  := 3.2.2
 MATHJAX      := _mathjax/mathjax/tex-chtml.js
 DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: help setup data mathjax book test test-fast bench reproduce clean clean-book
+.PHONY: help setup data mathjax browser book test test-fast check-html bench reproduce clean clean-book
 
 help:
 	@echo "make book    set up, then build the HTML book (PROFILE=cpu|smoke|paper, default cpu)"
@@ -49,6 +49,18 @@ data: $(STAMP)
 	  $(PY) -m bnrepro data fashion-mnist --fetch; \
 	fi
 
+# Chromium for the browser check of the built book: Debian's package when apt
+# may be used; elsewhere the check is skipped and says why.
+browser:
+	@if command -v chromium >/dev/null || [ -x /usr/bin/chromium ]; then :; \
+	elif command -v apt-get >/dev/null && { [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
+	  echo "installing Debian's chromium for the browser check"; \
+	  $$SUDO apt-get install -y -q chromium >/dev/null \
+	    || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; } \
+	    || echo "could not install chromium: the browser check will be skipped"; \
+	else echo "no chromium and no root for apt-get: the browser check will be skipped"; fi
+
 # MathJax 3 from the npm registry, so the built book renders math offline.
 mathjax: $(MATHJAX)
 $(MATHJAX):
@@ -78,12 +90,18 @@ clean-book:
 
 # --- tests and measurements -------------------------------------------------
 
-# Unit tests plus every notebook executed by nbval at the smoke profile, with
-# results written to a throw-away store (the committed results/ stay as they are).
-test: setup
+# The book built at the smoke profile (so a warning anywhere fails the tests),
+# then the unit tests, the browser check of that build, and every notebook
+# executed again by nbval. Results go to a throw-away store: the committed
+# results/ stay as they are.
+test: setup browser
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
-	BNREPRO_PROFILE=smoke BNREPRO_RESULTS=$$tmp/results MPLBACKEND=Agg \
-	  $(PY) -m pytest tests book --nbval-lax -p no:cacheprovider
+	export BNREPRO_PROFILE=smoke BNREPRO_RESULTS=$$tmp/results MPLBACKEND=Agg; \
+	$(MAKE) --no-print-directory book PROFILE=smoke \
+	  && $(PY) -m pytest tests book --nbval-lax -p no:cacheprovider
+
+check-html: browser
+	$(PY) tests/browser_check.py $(HTML) --screenshots _build/screenshots
 
 test-fast: setup
 	$(PY) -m pytest tests -p no:cacheprovider
