@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
 import os
 import pickle
 import warnings
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bnrepro.batching import Batches, random_crop_flip  # re-exported: the data API
 from bnrepro.device import get_device
 
 __all__ = [
@@ -384,102 +384,3 @@ def load_dataset(name: str, *, device: str | torch.device | None = None, n_train
     return TensorData(name, prep(raw["x_train"][:n_train]), raw["y_train"][:n_train].to(dev),
                       prep(raw["x_test"][:n_test]), raw["y_test"][:n_test].to(dev),
                       list(raw["classes"]), raw["source"], mean, std)
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    # A stable hash (unlike Python's hash()) so an order is the same on every machine and run.
-    digest = hashlib.sha256(f"bnrepro-batches:{seed}:{epoch}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-class Batches:
-    """Seeded mini-batches over tensors that already live on the device.
-
-    ``epoch(e)`` yields ``(xb, yb)`` in an order that depends only on
-    ``(seed, e)``: a CPU :class:`torch.Generator` seeded from both draws the
-    permutation (then moved to the device), so resuming a run at epoch ``e``
-    reproduces the batches exactly, on any device. The same generator is handed
-    to ``augment(xb, generator)``, making augmentation reproducible too.
-    """
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = False, augment=None):
-        if len(x) != len(y):
-            raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        if drop_last and batch_size > len(x):
-            raise ValueError(f"batch_size ({batch_size}) exceeds the {len(x)} samples and drop_last=True, "
-                             "so there would be no batches; lower batch_size or set drop_last=False")
-        if augment is not None and not callable(augment):
-            raise ValueError(f"augment must be a callable (xb, generator) -> xb or None, got {augment!r}")
-        self.x, self.y, self.batch_size = x, y, batch_size
-        self.shuffle, self.seed, self.drop_last, self.augment = shuffle, int(seed), drop_last, augment
-
-    def __len__(self) -> int:
-        n = len(self.x)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self):
-        return self.epoch(0)
-
-    def epoch(self, e: int):
-        """Iterator over the batches of epoch ``e`` (an int >= 0)."""
-        if isinstance(e, bool) or not isinstance(e, int) or e < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {e!r}")
-        gen = torch.Generator().manual_seed(_epoch_seed(self.seed, e))
-        n, bs = len(self.x), self.batch_size
-        perm = torch.randperm(n, generator=gen).to(self.x.device) if self.shuffle else None
-        for i in range(len(self)):
-            if perm is None:  # contiguous slices are views: no copy at all
-                xb, yb = self.x[i * bs:(i + 1) * bs], self.y[i * bs:(i + 1) * bs]
-            else:
-                idx = perm[i * bs:(i + 1) * bs]
-                xb, yb = self.x[idx], self.y[idx]
-            yield (self.augment(xb, gen) if self.augment is not None else xb), yb
-
-
-class _RandomCropFlip:
-    """Callable returned by :func:`random_crop_flip` (a class only for a readable repr)."""
-
-    def __init__(self, pad: int, flip: bool):
-        self.pad, self.flip = pad, flip
-
-    def __repr__(self) -> str:
-        return f"random_crop_flip(pad={self.pad}, flip={self.flip})"
-
-    def __call__(self, xb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        if xb.dim() != 4:
-            raise ValueError(f"random_crop_flip expects a batch (N, C, H, W), got shape {tuple(xb.shape)}")
-        if self.pad == 0 and not self.flip:
-            return xb
-        n, c, h, w = xb.shape
-        p, gdev = self.pad, (generator.device if generator is not None else "cpu")
-        # Random numbers come from the (CPU) generator, so the result is the
-        # same on every device; only three small (N,) tensors cross to the device.
-        dy = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=gdev).to(xb.device)
-        dx = torch.randint(0, 2 * p + 1, (n,), generator=generator, device=gdev).to(xb.device)
-        flipped = (torch.rand(n, generator=generator, device=gdev) < 0.5).to(xb.device) & self.flip
-        # One gather does both: row r of the output reads padded row dy + r, and
-        # column k reads padded column dx + k, or dx + (w - 1 - k) when flipped.
-        ar_h, ar_w = torch.arange(h, device=xb.device), torch.arange(w, device=xb.device)
-        rows = dy[:, None] + ar_h
-        cols = dx[:, None] + torch.where(flipped[:, None], w - 1 - ar_w, ar_w)
-        padded = torch.nn.functional.pad(xb, (p, p, p, p)) if p else xb
-        return padded[torch.arange(n, device=xb.device)[:, None, None, None],
-                      torch.arange(c, device=xb.device)[None, :, None, None],
-                      rows[:, None, :, None], cols[:, None, None, :]]
-
-
-def random_crop_flip(pad: int = 4, flip: bool = True) -> _RandomCropFlip:
-    """Batched augmentation: shift by up to ``pad`` pixels (zero fill) and mirror with probability 1/2.
-
-    Returns a callable ``(xb, generator) -> xb`` for :class:`Batches`. All
-    samples are processed with a single padded gather, no Python loop.
-    Zero fill equals the channel mean on normalized data.
-    """
-    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
-        raise ValueError(f"pad must be an int >= 0, got {pad!r}")
-    if not isinstance(flip, bool):
-        raise ValueError(f"flip must be True or False, got {flip!r}")
-    return _RandomCropFlip(pad, flip)
