@@ -2,7 +2,8 @@
 
 Data stays on the device as whole tensors (:class:`bnrepro.data.Batches`);
 the loop is SGD or Adam with an optional learning-rate schedule, evaluates on
-the test set each epoch, keeps a per-step and per-epoch history, and treats
+the test set each epoch (and, with ``eval_every_steps``, every k steps), keeps
+a per-step and per-epoch history, and treats
 divergence as a result: a NaN/inf loss stops the run and sets
 ``history.diverged`` instead of raising. Chapters extend it through
 ``callbacks`` (called after every step) rather than copying it.
@@ -35,11 +36,16 @@ class History:
     ``epochs``: one dict per epoch with ``train_loss``/``train_acc`` (running
     means over that epoch's batches, in training mode, as d2l reports them)
     and ``test_loss``/``test_acc`` (eval mode). ``steps``: ``[step, loss]``
-    every ``log_every`` steps. ``images_per_s`` counts training steps only.
+    every ``log_every`` steps. ``evals``: with ``eval_every_steps=k``, one
+    dict ``{"step", "test_loss", "test_acc"}`` before training (step 0), after
+    every k optimizer steps and after the last step (Ioffe & Szegedy's
+    Figure 1 plots test accuracy against steps, not epochs).
+    ``images_per_s`` counts training steps only (evaluation time excluded).
     """
 
     epochs: list[dict] = dataclasses.field(default_factory=list)
     steps: list[list[float]] = dataclasses.field(default_factory=list)
+    evals: list[dict] = dataclasses.field(default_factory=list)
     diverged: bool = False
     diverged_at_step: int | None = None
     images_per_s: float = 0.0
@@ -125,6 +131,7 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
           milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1, warmup_steps: int = 0,
           seed: int = 0, augment: Callable | None = None, max_steps: int | None = None,
           log_every: int = 10, eval_every_epoch: bool = True, eval_batch_size: int = 1024,
+          eval_every_steps: int | None = None,
           callbacks: Sequence[Callable[[StepState], None]] = (), progress: bool | None = None,
           device=None) -> History:
     """Train ``model`` on ``data`` with cross-entropy; returns a :class:`History`.
@@ -132,8 +139,12 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
     ``seed`` fixes the data order (the model's initialisation is the caller's:
     seed before building it). ``max_steps`` stops early (smoke runs). Only
     parameters with ``requires_grad`` are optimized, so freezing is done on
-    the model before calling this.
+    the model before calling this. ``eval_every_steps=k`` also evaluates on
+    the test set at step 0, every k steps and at the end, into ``history.evals``.
     """
+    if eval_every_steps is not None and (isinstance(eval_every_steps, bool) or
+                                         not isinstance(eval_every_steps, int) or eval_every_steps < 1):
+        raise ValueError(f"eval_every_steps={eval_every_steps!r}: must be None or an int >= 1")
     if lr <= 0 or not math.isfinite(lr):
         raise ValueError(f"lr={lr!r}: the learning rate must be a positive number")
     if epochs < 1:
@@ -151,12 +162,22 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
     hist = History()
     bar = _progress_bar(total, progress)
     step, train_time, images = 0, 0.0, 0
+
+    def eval_at(at_step: int) -> float:
+        """Record a step-indexed test evaluation; returns the seconds it took."""
+        t_eval = time.perf_counter()
+        ev = evaluate(model, data.x_test, data.y_test, eval_batch_size)
+        hist.evals.append({"step": at_step, "test_loss": ev["loss"], "test_acc": ev["acc"]})
+        return time.perf_counter() - t_eval
+
+    if eval_every_steps is not None:
+        eval_at(0)
     model.train()
     try:
         for epoch in range(epochs):
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
-            seen = 0
+            seen, eval_time = 0, 0.0
             synchronize(device)
             t0 = time.perf_counter()
             for xb, yb in batches.epoch(epoch):
@@ -182,10 +203,12 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
                 for cb in callbacks:
                     cb(StepState(step, epoch, loss_value, model, opt, xb, yb))
                 step += 1
+                if eval_every_steps is not None and step % eval_every_steps == 0:
+                    eval_time += eval_at(step)
                 if bar is not None:
                     bar.update(1)
             synchronize(device)
-            train_time += time.perf_counter() - t0
+            train_time += time.perf_counter() - t0 - eval_time
             images += seen
             if hist.diverged or seen == 0:
                 break
@@ -201,6 +224,9 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
     finally:
         if bar is not None:
             bar.close()
+    if (eval_every_steps is not None and not hist.diverged
+            and (not hist.evals or hist.evals[-1]["step"] != step)):
+        eval_at(step)  # the last step, when it is not a multiple of eval_every_steps
     hist.total_steps = step
     hist.train_time_s = train_time
     hist.images_per_s = images / train_time if train_time > 0 else 0.0

@@ -6,7 +6,9 @@ Every model takes a ``norm`` argument naming its normalization layer, so that
 * ``"bn"``      -- PyTorch's ``nn.BatchNorm1d/2d``;
 * ``"bnrepro"`` -- the book's own :class:`bnrepro.norm.BatchNorm` (closed-form
   backward pass, chapter "BN from first principles");
-* ``"none"``    -- no normalization.
+* ``"none"``    -- no normalization;
+* ``"bn_mean_only"`` / ``"bn_var_only"`` -- :class:`bnrepro.norm.BatchNorm` with
+  ``mode="mean_only"`` / ``"var_only"`` (d2l's ablation exercise).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-NORMS = ("bn", "bnrepro", "none")
+NORMS = ("bn", "bnrepro", "none", "bn_mean_only", "bn_var_only")
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
     "relu": nn.ReLU,
@@ -44,6 +46,10 @@ def make_norm(norm: str, num_features: int, dim: int) -> nn.Module:
         from ..norm import BatchNorm  # local import: norm imports nothing from here
 
         return BatchNorm(num_features)
+    if norm in ("bn_mean_only", "bn_var_only"):
+        from ..norm import BatchNorm
+
+        return BatchNorm(num_features, mode=norm[len("bn_"):])
     return nn.BatchNorm1d(num_features) if dim == 1 else nn.BatchNorm2d(num_features)
 
 
