@@ -1,0 +1,152 @@
+"""Running averages vs population statistics at inference (Ioffe & Szegedy, Algorithm 2).
+
+Algorithm 2 replaces each BN layer's batch statistics at inference by
+population statistics averaged over training mini-batches, with the unbiased
+variance ``m/(m-1) E_B[sigma_B^2]``. Frameworks instead keep exponential
+running averages during training (PyTorch momentum 0.1: roughly the last ten
+batches, computed with ten different sets of weights). This experiment trains
+d2l's BN-LeNet on Fashion-MNIST and, at a list of checkpoints, measures the
+test accuracy three ways: with the running averages (``model.eval()``), with
+population statistics recomputed over the whole training set
+(:func:`bnrepro.basics.recalibrate_bn`), and with each test batch's own
+statistics (the model left in training mode).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+
+import torch
+
+from ..basics import bn_layers, bn_statistics, recalibrate_bn
+from ..config import ExperimentConfig, require
+from ..data import DATASETS, load_dataset
+from ..device import get_device
+from ..models import INITS, LeNet, init_weights
+from ..provenance import provenance
+from ..store import Result
+from ..train import evaluate, train
+from . import register
+
+
+@dataclasses.dataclass(frozen=True)
+class BNInferenceConfig(ExperimentConfig):
+    experiment = "bn_inference"
+    profiles = {
+        "smoke": {"epochs": 1, "n_train": 2048, "n_test": 512, "checkpoints": (1, 2, 5)},
+        "cpu": {},      # 2 of d2l's 10 epochs: the effects show within the first few hundred steps
+        "paper": {"epochs": 10},
+    }
+
+    dataset: str = "fashion-mnist"
+    norm: str = "bn"                  # "bn" | "bnrepro": a LeNet with BN layers
+    activation: str = "sigmoid"       # d2l's BN-LeNet
+    init: str = "xavier"
+    lr: float = 1.0                   # d2l-zh's learning rate (plain SGD)
+    epochs: int = 2
+    batch_size: int = 256
+    bn_momentum: float = 0.1          # PyTorch convention: weight of the newest batch
+    # Steps (1-based, after that many updates) at which inference is measured;
+    # the last step of the run is always added. Dense early (the running averages
+    # warm up over ~1/momentum steps), then every 50 steps.
+    checkpoints: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 150, 200, 250, 300, 350, 400, 450)
+    calib_batch_size: int = 256       # Algorithm 2's training mini-batches of size m
+    seed: int = 0                     # model init and data order
+    n_train: int | None = None        # None = the whole training set
+    n_test: int | None = None
+
+    def validate(self):
+        require(self.dataset in DATASETS, "dataset", self.dataset, f"must be one of {', '.join(DATASETS)}")
+        require(self.norm in ("bn", "bnrepro"), "norm", self.norm,
+                "this experiment compares BN statistics: use 'bn' or 'bnrepro'")
+        require(self.init in INITS, "init", self.init, f"must be one of {', '.join(INITS)}")
+        require(self.lr > 0, "lr", self.lr, "the learning rate must be > 0")
+        require(self.epochs >= 1, "epochs", self.epochs, "train for at least 1 epoch")
+        require(self.batch_size >= 2, "batch_size", self.batch_size,
+                "BN in training needs at least 2 samples per batch")
+        require(0 < self.bn_momentum <= 1, "bn_momentum", self.bn_momentum, "must be in (0, 1]")
+        require(all(isinstance(c, int) and c >= 1 for c in self.checkpoints), "checkpoints",
+                self.checkpoints, "steps are integers >= 1")
+        require(self.calib_batch_size >= 2, "calib_batch_size", self.calib_batch_size,
+                "population statistics need at least 2 samples per batch")
+        for name in ("n_train", "n_test"):
+            value = getattr(self, name)
+            require(value is None or value >= 1, name, value, "must be None (all) or >= 1")
+
+
+@torch.no_grad()
+def _batch_stats_accuracy(model, x, y, batch_size: int) -> float:
+    """Test accuracy with each test batch normalized by its own statistics (on a copy)."""
+    m = copy.deepcopy(model).train()
+    correct = sum((m(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
+                  for i in range(0, len(x), batch_size))
+    return correct / len(x)
+
+
+def _discrepancy(running: dict, population: dict) -> dict:
+    """Per BN layer: mean over channels of |running mean - E[x]| / sqrt(Var[x]) and of
+    |log(running var / Var[x])| (0 = identical)."""
+    out = {}
+    for name, (rm, rv) in running.items():
+        pm, pv = population[name]
+        out[name] = {"mean_shift": ((rm - pm).abs() / pv.clamp_min(1e-12).sqrt()).mean().item(),
+                     "log_var_ratio": (rv.clamp_min(1e-12) / pv.clamp_min(1e-12)).log().abs().mean().item()}
+    return out
+
+
+def run(cfg: BNInferenceConfig, device=None) -> Result:
+    """Train BN-LeNet; at checkpoints, test accuracy with running vs population vs batch statistics."""
+    device = get_device(device)
+    start = time.perf_counter()
+    data = load_dataset(cfg.dataset, device=device, n_train=cfg.n_train, n_test=cfg.n_test)
+    torch.manual_seed(cfg.seed)
+    model = LeNet(norm=cfg.norm, activation=cfg.activation, num_classes=data.num_classes,
+                  in_channels=data.in_channels, image_size=data.image_size)
+    init_weights(model, cfg.init)
+    for _, bn in bn_layers(model):
+        bn.momentum = cfg.bn_momentum
+    checkpoints: list[dict] = []
+    wanted = set(cfg.checkpoints)
+
+    def measure(step: int, mdl) -> None:
+        calibrated = recalibrate_bn(copy.deepcopy(mdl), data.x_train, cfg.calib_batch_size)
+        run_ev = evaluate(mdl, data.x_test, data.y_test)
+        pop_ev = evaluate(calibrated, data.x_test, data.y_test)
+        checkpoints.append({
+            "step": step,
+            "acc_running": run_ev["acc"], "loss_running": run_ev["loss"],
+            "acc_population": pop_ev["acc"], "loss_population": pop_ev["loss"],
+            "acc_batch_stats": _batch_stats_accuracy(mdl, data.x_test, data.y_test, cfg.batch_size),
+            "layers": _discrepancy(bn_statistics(mdl), bn_statistics(calibrated)),
+        })
+
+    def callback(state) -> None:
+        if state.step + 1 in wanted:
+            measure(state.step + 1, state.model)
+
+    hist = train(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                 seed=cfg.seed, callbacks=[callback], eval_every_epoch=False, device=device)
+    if not hist.diverged and (not checkpoints or checkpoints[-1]["step"] != hist.total_steps):
+        measure(hist.total_steps, model)
+    return Result(cfg.experiment, cfg.to_dict(),
+                  {"checkpoints": checkpoints, "history": hist.to_dict(),
+                   "bn_layers": [name for name, _ in bn_layers(model)],
+                   "steps_per_epoch": math.ceil(len(data.x_train) / cfg.batch_size),
+                   "data_source": data.source},
+                  provenance(device, time.perf_counter() - start, {"init": cfg.seed, "data_order": cfg.seed}))
+
+
+LRS = (0.1, 1.0)  # d2l-en's and d2l-zh's learning rates for BN-LeNet
+SEEDS = {"smoke": (0,), "cpu": (0, 1), "paper": (0, 1, 2)}
+
+
+def sweep(profile: str) -> list[BNInferenceConfig]:
+    """d2l-en's lr 0.1 and d2l-zh's lr 1.0, a few seeds: what the first-principles chapter reads."""
+    return [BNInferenceConfig.for_profile(profile, lr=lr, seed=seed)
+            for lr in LRS for seed in SEEDS[profile]]
+
+
+register(BNInferenceConfig, run, sweep)
