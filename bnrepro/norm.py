@@ -33,6 +33,7 @@ import time
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "batch_norm", "BatchNormFunction", "BatchNorm", "FrozenBatchNorm",
@@ -87,6 +88,10 @@ class BatchNormFunction(torch.autograd.Function):
     statistics (biased variance, shape ``(C,)``) are returned for the
     running-average update and are not differentiable.  ``weight``/``bias``
     may be ``None``.
+
+    The backward pass is differentiable once only: it reuses buffers in place
+    for speed, so second derivatives (e.g. gradient penalties) raise a clear
+    error. Use ``torch.nn.BatchNorm*`` where you need them.
     """
 
     @staticmethod
@@ -113,6 +118,7 @@ class BatchNormFunction(torch.autograd.Function):
         return y, mean, var
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dy, _dmean, _dvar):
         x_hat, inv_std, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
