@@ -95,6 +95,7 @@ def save(result: Result, cfg: ExperimentConfig, root: Path | None = None) -> Pat
             fh.write(text + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are ordinary shareable files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -28,6 +28,7 @@ VGG_NORMS = ("bn", "bnrepro", "ghost", "none")
 VGG_CONFIGS: dict[str, tuple] = {
     # cpu profile: Fashion-MNIST 28x28 -> 14 -> 7 -> 3 after three pools
     "small": (16, "M", 32, "M", 64, 64, "M"),
+    "tiny": (8, "M", 16, "M", 32, 32, "M"),
     # paper profile: VGG-A (VGG-11) convolutions, as in Santurkar et al.'s CIFAR-10 runs
     "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
 }
@@ -41,20 +42,25 @@ class DistributionNoise(nn.Module):
     layer, then every activation of every sample gets its own i.i.d. draw
     ``N(mu, sigma^2)`` added. So the noise has non-zero mean and non-unit
     variance, and its distribution moves from step to step: the inputs of the
-    next layer keep shifting however the weights change. Off in eval mode.
+    next layer keep shifting however the weights change.
 
-    ``hold()`` (or :func:`hold_noise` for a whole model) freezes the last draw,
+    In eval mode the layer is the identity unless ``in_eval`` is True; then it
+    keeps drawing noise, so that a noisy network is tested as it was trained
+    (its later BN layers' running statistics include the noise).
+
+    :func:`hold_noise` freezes the last draw of every noise layer of a model,
     so that measurements which evaluate the same batch several times (ICS,
     landscape) compare like with like.
     """
 
-    def __init__(self, mean_max: float = 1.0, std_min: float = 1.0, std_max: float = 2.0):
+    def __init__(self, mean_max: float = 1.0, std_min: float = 0.5, std_max: float = 1.5,
+                 in_eval: bool = False):
         super().__init__()
         if mean_max < 0 or std_min < 0 or std_max < std_min:
             raise ValueError(f"need mean_max >= 0 and 0 <= std_min <= std_max, got "
                              f"mean_max={mean_max}, std_min={std_min}, std_max={std_max}")
         self.mean_max, self.std_min, self.std_max = float(mean_max), float(std_min), float(std_max)
-        self.held = False
+        self.held, self.in_eval = False, bool(in_eval)
         self.last_mu = self.last_sigma = float("nan")
         self._last: torch.Tensor | None = None
 
@@ -70,7 +76,7 @@ class DistributionNoise(nn.Module):
         return torch.randn_like(like) * self.last_sigma + self.last_mu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
+        if not (self.training or self.in_eval):
             return x
         if not (self.held and self._last is not None and self._last.shape == x.shape):
             self._last = self.draw(x)
@@ -134,15 +140,15 @@ class NoisyVGG(nn.Module):
     ``config`` names a layout in :data:`VGG_CONFIGS` (or is a tuple of widths
     and ``"M"``). Every weight layer but the last is followed by the norm
     (``"bn"``, ``"bnrepro"``, ``"ghost"`` or ``"none"``), optionally by
-    :class:`DistributionNoise`, then by a :class:`Tap` (where activation
-    distributions are read) and a ReLU. The conv/linear layers before a norm
+    :class:`DistributionNoise` (kept on at test time when ``noise_in_eval``),
+    then by a :class:`Tap` (where activation distributions are read) and a ReLU. The conv/linear layers before a norm
     layer have no bias (BN's beta replaces it); without a norm they keep one.
     """
 
     def __init__(self, config="small", norm: str = "bn", noise: bool = False, num_classes: int = 10,
                  in_channels: int = 1, image_size: int = 28, hidden: int = 128,
-                 noise_mean_max: float = 1.0, noise_std_min: float = 1.0, noise_std_max: float = 2.0,
-                 ghost_batch_size: int = 32):
+                 noise_mean_max: float = 1.0, noise_std_min: float = 0.5, noise_std_max: float = 1.5,
+                 noise_in_eval: bool = True, ghost_batch_size: int = 32):
         super().__init__()
         check_choice("norm", norm, VGG_NORMS)
         layout = VGG_CONFIGS[check_choice("config", config, tuple(VGG_CONFIGS))] if isinstance(config, str) \
@@ -153,7 +159,7 @@ class NoisyVGG(nn.Module):
         def post(channels: int, dim: int) -> list[nn.Module]:
             mods = [_norm(norm, channels, dim, ghost_batch_size)]
             if noise:
-                mods.append(DistributionNoise(noise_mean_max, noise_std_min, noise_std_max))
+                mods.append(DistributionNoise(noise_mean_max, noise_std_min, noise_std_max, noise_in_eval))
             return mods + [Tap(), nn.ReLU(inplace=False)]
 
         layers: list[nn.Module] = []

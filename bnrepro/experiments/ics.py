@@ -1,0 +1,295 @@
+"""Is it internal covariate shift? Santurkar et al. 2018, Kohler et al. 2018, BN as noise.
+
+Four experiments, one config class each (chapter ``book/ics.ipynb``):
+
+* ``noisy_bn`` -- a VGG with BN, without, with "noisy BN" (time-varying
+  noise after every BN layer) and with the same noise but no BN; accuracy,
+  probed layer-input distributions, weight norms; in the arms without noise
+  also the ICS measure and the landscape measures along training.
+* ``ics_dln`` -- ICS in a deep linear network on synthetic Gaussian data.
+* ``ghost_bn`` -- the generalisation gap as the BN statistics get noisier
+  (ghost batches of fewer samples inside the same SGD batch).
+* ``decoupling`` -- GD on ``w`` vs GD on ``(g, v)`` with ``w = g v/||v||_S``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+
+from ..config import ExperimentConfig, require
+from ..data import load_dataset
+from ..decoupling import (decoupled_gd, gd, least_squares, linear_rate, logistic_regression,
+                          scale_invariant_gd)
+from ..device import get_device
+from ..ics import DeepLinearNet, activation_probe, gaussian_classification, ics_callback
+from ..landscape import DEFAULT_STEP_SIZES, landscape_callback
+from ..models import NoisyVGG, count_parameters
+from ..models.vgg import VGG_CONFIGS
+from ..provenance import provenance
+from ..scorecard import register_chapter
+from ..store import Result
+from ..train import evaluate, train
+from . import register
+
+
+# --------------------------------------------------------------------------- noisy BN / ICS / landscape (VGG)
+@dataclasses.dataclass(frozen=True)
+class NoisyBNConfig(ExperimentConfig):
+    experiment = "noisy_bn"
+    profiles = {
+        "smoke": {"n_train": 768, "n_test": 256, "epochs": 1, "probe_every": 3, "eval_every_steps": 3},
+        "cpu": {},
+        "paper": {"dataset": "cifar10", "vgg": "vgg11", "hidden": 512, "n_train": None, "n_test": None,
+                  "epochs": 30, "lr": 0.05, "probe_every": 200, "eval_every_steps": 390},
+    }
+
+    dataset: str = "fashion-mnist"
+    vgg: str = "tiny"                 # cpu: 8-16-32-32 channels on 28x28 (VGG_CONFIGS)
+    hidden: int = 64
+    norm: str = "bn"                  # "bn" | "none"
+    noise: bool = False               # DistributionNoise after every norm layer
+    noise_mean_max: float = 1.0       # per step mu ~ U(-1, 1): our choice, see the chapter
+    noise_std_min: float = 0.5        # per step sigma ~ U(0.5, 1.5): variance 0.25 .. 2.25
+    noise_std_max: float = 1.5
+    lr: float = 0.02                  # SGD, per batch (mean loss)
+    momentum: float = 0.9
+    batch_size: int = 128
+    epochs: int = 3
+    n_train: int | None = 10000       # 79 steps per epoch at batch 128
+    n_test: int | None = 2000
+    seed: int = 0
+    probe_every: int = 20             # steps between layer-input probes
+    probe_size: int = 256
+    eval_every_steps: int = 20        # test accuracy every k steps
+    ics_every: int = 0                # 0 = do not measure ICS
+    landscape_every: int = 0          # 0 = do not measure the landscape
+    step_sizes: tuple = DEFAULT_STEP_SIZES
+
+    def validate(self):
+        require(self.norm in ("bn", "bnrepro", "none"), "norm", self.norm, "must be bn, bnrepro or none")
+        require(self.vgg in VGG_CONFIGS, "vgg", self.vgg, f"must be one of {', '.join(VGG_CONFIGS)}")
+        require(self.lr > 0, "lr", self.lr, "the learning rate must be > 0")
+        require(self.noise_std_max >= self.noise_std_min >= 0, "noise_std_min", self.noise_std_min,
+                "need 0 <= noise_std_min <= noise_std_max")
+        require(self.batch_size >= 2, "batch_size", self.batch_size, "BN needs >= 2 samples per batch")
+        for name in ("probe_every", "eval_every_steps"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1")
+        for name in ("ics_every", "landscape_every"):
+            require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0 (0 = off)")
+
+
+def run_noisy_bn(cfg: NoisyBNConfig, device=None) -> Result:
+    """Train one VGG arm (norm x noise) and probe its layer inputs, ICS and landscape."""
+    device = get_device(device)
+    start = time.perf_counter()
+    data = load_dataset(cfg.dataset, device=device, n_train=cfg.n_train, n_test=cfg.n_test)
+    torch.manual_seed(cfg.seed)
+    model = NoisyVGG(cfg.vgg, norm=cfg.norm, noise=cfg.noise, num_classes=data.num_classes,
+                     in_channels=data.in_channels, image_size=data.image_size, hidden=cfg.hidden,
+                     noise_mean_max=cfg.noise_mean_max, noise_std_min=cfg.noise_std_min,
+                     noise_std_max=cfg.noise_std_max).to(device)
+    probe = activation_probe(data.x_train[:cfg.probe_size], model.taps(), cfg.probe_every,
+                             weights=[m.weight for m in model.weight_layers()], seed=cfg.seed)
+    callbacks = [probe]
+    ics = ics_callback(cfg.ics_every) if cfg.ics_every else None
+    land = landscape_callback(cfg.landscape_every, cfg.step_sizes) if cfg.landscape_every else None
+    callbacks += [c for c in (ics, land) if c is not None]
+    hist = train(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                 seed=cfg.seed, eval_every_steps=cfg.eval_every_steps, callbacks=callbacks, device=device)
+    return Result(cfg.experiment, cfg.to_dict(),
+                  {"history": hist.to_dict(), "probes": probe.records,
+                   "ics": ics.records if ics else [], "landscape": land.records if land else [],
+                   "parameters": count_parameters(model), "data_source": data.source},
+                  provenance(device, time.perf_counter() - start, {"init": cfg.seed, "data_order": cfg.seed}))
+
+
+#: Noise levels s: mu ~ U(-s, s), sigma ~ U(s/2, 3s/2). s = 1 is the level fixed before any run
+#: (noise as large as the normalised signal); the smaller ones show the dose-response.
+NOISE_SCALES = {"smoke": (1.0,), "cpu": (1.0, 0.5, 0.25), "paper": (1.0, 0.5, 0.25)}
+
+
+def sweep_noisy_bn(profile: str) -> list[NoisyBNConfig]:
+    """Four arms x seeds (noisy arms at each noise level); the arms without noise also measure ICS and landscape."""
+    seeds = {"smoke": (0,), "cpu": (0, 1), "paper": (0, 1, 2)}[profile]
+    every = {"smoke": 3, "cpu": 25, "paper": 200}[profile]
+    out = []
+    for seed in seeds:
+        for norm in ("bn", "none"):
+            out.append(NoisyBNConfig.for_profile(profile, norm=norm, seed=seed, ics_every=every,
+                                                 landscape_every=every))
+        for s in NOISE_SCALES[profile]:
+            for norm in ("bn", "none"):
+                out.append(NoisyBNConfig.for_profile(profile, norm=norm, noise=True, seed=seed, noise_mean_max=s,
+                                                     noise_std_min=s / 2, noise_std_max=1.5 * s))
+    return out
+
+
+register(NoisyBNConfig, run_noisy_bn, sweep_noisy_bn)
+
+
+# --------------------------------------------------------------------------- ICS in a deep linear network
+@dataclasses.dataclass(frozen=True)
+class DLNConfig(ExperimentConfig):
+    experiment = "ics_dln"
+    profiles = {"smoke": {"epochs": 1, "n_train": 512, "ics_every": 2},
+                "cpu": {}, "paper": {"epochs": 20, "n_train": 16384}}
+
+    depth: int = 25                   # Santurkar et al.'s DLN has 25 layers
+    width: int = 32
+    dim: int = 32
+    num_classes: int = 4
+    norm: str = "none"
+    lr: float = 0.01                  # plain SGD
+    batch_size: int = 128
+    epochs: int = 5
+    n_train: int = 4096
+    n_test: int = 1024
+    ics_every: int = 8
+    seed: int = 0
+
+    def validate(self):
+        require(self.depth >= 1, "depth", self.depth, "needs at least one layer")
+        require(self.norm in ("bn", "bnrepro", "none"), "norm", self.norm, "must be bn, bnrepro or none")
+        require(self.lr > 0, "lr", self.lr, "the learning rate must be > 0")
+        require(self.ics_every >= 1, "ics_every", self.ics_every, "must be >= 1")
+
+
+def run_dln(cfg: DLNConfig, device=None) -> Result:
+    """Train a deep linear network on Gaussian data, measuring ICS along the way."""
+    device = get_device(device)
+    start = time.perf_counter()
+    data = gaussian_classification(cfg.n_train, cfg.n_test, cfg.dim, cfg.num_classes, seed=cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = DeepLinearNet(cfg.dim, cfg.width, cfg.depth, cfg.num_classes, norm=cfg.norm)
+    ics = ics_callback(cfg.ics_every)
+    hist = train(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                 eval_every_steps=cfg.ics_every * 4, callbacks=[ics], device=device)
+    return Result(cfg.experiment, cfg.to_dict(), {"history": hist.to_dict(), "ics": ics.records},
+                  provenance(device, time.perf_counter() - start, {"init": cfg.seed, "data": cfg.seed}))
+
+
+def sweep_dln(profile: str) -> list[DLNConfig]:
+    seeds = {"smoke": (0,), "cpu": (0, 1), "paper": (0, 1, 2)}[profile]
+    return [DLNConfig.for_profile(profile, norm=n, seed=s) for s in seeds for n in ("bn", "none")]
+
+
+register(DLNConfig, run_dln, sweep_dln)
+
+
+# --------------------------------------------------------------------------- BN noise as a regulariser
+@dataclasses.dataclass(frozen=True)
+class GhostConfig(ExperimentConfig):
+    experiment = "ghost_bn"
+    profiles = {"smoke": {"n_train": 384, "n_test": 256, "epochs": 2},
+                "cpu": {},
+                "paper": {"dataset": "cifar10", "vgg": "vgg11", "hidden": 512, "n_train": 10000,
+                          "n_test": None, "epochs": 60}}
+
+    dataset: str = "fashion-mnist"
+    vgg: str = "tiny"
+    hidden: int = 64
+    norm: str = "ghost"               # "ghost" (BN over sub-batches) | "none"
+    ghost_batch_size: int = 128       # = batch_size: ordinary BN
+    batch_size: int = 128
+    lr: float = 0.02
+    momentum: float = 0.9
+    epochs: int = 15
+    n_train: int | None = 2000        # a small training set, so that the network can overfit it
+    n_test: int | None = 2000
+    seed: int = 0
+
+    def validate(self):
+        require(self.norm in ("ghost", "none"), "norm", self.norm, "must be ghost or none")
+        require(2 <= self.ghost_batch_size, "ghost_batch_size", self.ghost_batch_size,
+                "a ghost batch needs >= 2 samples")
+        require(self.lr > 0, "lr", self.lr, "the learning rate must be > 0")
+
+
+def run_ghost(cfg: GhostConfig, device=None) -> Result:
+    """Train one VGG with ghost BN of a given size; report train/test accuracy and their gap."""
+    device = get_device(device)
+    start = time.perf_counter()
+    data = load_dataset(cfg.dataset, device=device, n_train=cfg.n_train, n_test=cfg.n_test)
+    torch.manual_seed(cfg.seed)
+    model = NoisyVGG(cfg.vgg, norm=cfg.norm, num_classes=data.num_classes, in_channels=data.in_channels,
+                     image_size=data.image_size, hidden=cfg.hidden, ghost_batch_size=cfg.ghost_batch_size)
+    hist = train(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                 seed=cfg.seed, device=device)
+    tr = evaluate(model, data.x_train, data.y_train)
+    te = evaluate(model, data.x_test, data.y_test)
+    return Result(cfg.experiment, cfg.to_dict(),
+                  {"history": hist.to_dict(), "train_eval": tr, "test_eval": te,
+                   "gap": tr["acc"] - te["acc"], "loss_gap": te["loss"] - tr["loss"]},
+                  provenance(device, time.perf_counter() - start, {"init": cfg.seed, "data_order": cfg.seed}))
+
+
+def sweep_ghost(profile: str) -> list[GhostConfig]:
+    seeds = {"smoke": (0,), "cpu": (0, 1), "paper": (0, 1, 2)}[profile]
+    sizes = {"smoke": (4, 128), "cpu": (4, 16, 128), "paper": (4, 16, 32, 128)}[profile]
+    return ([GhostConfig.for_profile(profile, ghost_batch_size=g, seed=s) for s in seeds for g in sizes]
+            + [GhostConfig.for_profile(profile, norm="none", seed=s) for s in seeds])
+
+
+register(GhostConfig, run_ghost, sweep_ghost)
+
+
+# --------------------------------------------------------------------------- length-direction decoupling
+@dataclasses.dataclass(frozen=True)
+class DecouplingConfig(ExperimentConfig):
+    experiment = "decoupling"
+    profiles = {"smoke": {"steps": 60}, "cpu": {}, "paper": {"dim": 100, "condition": 1e4, "steps": 3000}}
+
+    problem: str = "least_squares"    # "least_squares" | "logistic"
+    dim: int = 20
+    condition: float = 1000.0         # condition number of the input covariance S
+    steps: int = 500
+    lrs: tuple = (0.01, 0.1, 0.3, 1.0, 1.9, 3.0, 10.0, 100.0)  # the same grid for w and for v
+    effective_lr: float = 1.0         # step size of the scale-invariant GD trace
+    seed: int = 0
+
+    def validate(self):
+        require(self.problem in ("least_squares", "logistic"), "problem", self.problem,
+                "must be least_squares or logistic")
+        require(self.condition >= 1, "condition", self.condition, "a condition number is >= 1")
+        require(self.steps >= 1 and all(lr > 0 for lr in self.lrs), "lrs", self.lrs, "positive step sizes")
+
+
+def run_decoupling(cfg: DecouplingConfig, device=None) -> Result:
+    """GD on w vs GD on (g, v) over a grid of step sizes; the effective learning rate trace."""
+    start = time.perf_counter()
+    make = least_squares if cfg.problem == "least_squares" else logistic_regression
+    prob = make(cfg.dim, cfg.condition, seed=cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    w0 = 0.1 * torch.randn(cfg.dim, generator=gen, dtype=torch.float64)
+    runs = []
+    for lr in cfg.lrs:
+        s = gd(prob, w0, lr, cfg.steps)
+        runs.append({"method": "GD on w", "lr": lr, "subopt": s, "rate": linear_rate(s)})
+        d = decoupled_gd(prob, w0, lr, cfg.steps)
+        runs.append({"method": "GD on (g, v)", "lr": lr, "subopt": d["subopt"], "rate": linear_rate(d["subopt"]),
+                     "v_norm": d["v_norm"]})
+    trace = scale_invariant_gd(prob, w0, cfg.effective_lr, cfg.steps)
+    return Result(cfg.experiment, cfg.to_dict(),
+                  {"problem": prob.name, "f_star": prob.f_star, "condition_number": prob.condition_number,
+                   "lambda_max": float(torch.linalg.eigvalsh(prob.S)[-1]), "runs": runs, "scale_invariant": trace},
+                  provenance(get_device(device), time.perf_counter() - start, {"problem": cfg.seed}))
+
+
+def sweep_decoupling(profile: str) -> list[DecouplingConfig]:
+    return [DecouplingConfig.for_profile(profile, problem=p) for p in ("least_squares", "logistic")]
+
+
+register(DecouplingConfig, run_decoupling, sweep_decoupling)
+
+
+def chapter_claims(profile: str, device=None):
+    """The chapter's scored claims (computed in :mod:`bnrepro.ics_report`), for the scorecard."""
+    from ..ics_report import chapter_claims as claims
+
+    return claims(profile, device)
+
+
+register_chapter("book/ics", "Is it internal covariate shift?", 40, chapter_claims)
