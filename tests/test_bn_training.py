@@ -7,12 +7,15 @@ import pytest
 import torch
 from torch import nn
 
+from bnrepro import scorecard
+from bnrepro.claims import VERDICTS, Claim
 from bnrepro.config import ConfigError
 from bnrepro.data import DataNotFoundError, TensorData
 from bnrepro.experiments import bn_training as bt
 from bnrepro.experiments.bn_training import (BNTrainingConfig, SigmoidInputProbe, build_network,
                                              hidden_blocks, median_drift, outcome, steps_to_reach)
 from bnrepro.norm import BatchNorm
+from bnrepro.store import Result
 from bnrepro.train import evaluate, train
 from conftest import needs_fashion_mnist
 
@@ -264,6 +267,111 @@ def test_run_records_everything_and_restores_threads():
     assert res["n_train"] == 600 and res["parameters"] == 784 * 100 + 3 * 100 * 2 + 2 * (100 * 100 + 100) \
         + 100 + 100 * 10 + 10
 
+
+
+# ----------------------------------------------------------------- the claims (package code, as the scorecard)
+
+CLAIM_IDS = ["bn-fewer-steps", "bn-higher-accuracy", "bn-stable-inputs", "bn-x5-faster", "bn-x30-faster",
+             "bn-x30-slower-than-x5", "bn-x30-ends-higher", "no-bn-fails-at-x5", "no-bn-fails-at-x30",
+             "sigmoid-without-bn-fails", "sigmoid-with-bn-trains", "bias-gradient-zero", "bias-redundant",
+             "bn-remove-dropout"]
+
+
+def fake_result(cfg, final, reach=None, drift=0.0):
+    """A stored-looking run: test accuracy 0.1 at step 0, 0.9 at ``reach`` (if given), ``final`` at the
+    end; one probed unit whose median moves by ``drift`` x its 15-85 width in the second half."""
+    evals = [{"step": 0, "test_acc": 0.1}] + ([{"step": reach, "test_acc": 0.9}] if reach else []) \
+        + [{"step": cfg.steps, "test_acc": final}]
+    probe = {"steps": [0, cfg.steps // 2, cfg.steps], "percentiles": [0.15, 0.5, 0.85],
+             "values": [[[-1.0, 0.0, 1.0]], [[-1.0, 0.0, 1.0]], [[-1.0, 2.0 * drift, 1.0]]]}
+    return Result(cfg.experiment, cfg.to_dict(),
+                  {"history": {"diverged": False, "diverged_at_step": None, "evals": evals}, "probe": probe,
+                   "final_test_acc": final, "best_test_acc": max(e["test_acc"] for e in evals)},
+                  {"device": "synthetic", "wall_time_s": 0.0})
+
+
+def test_claims_on_synthetic_runs(monkeypatch):
+    """Each claim reads the right runs and applies its rule: known inputs, hand-computed outputs."""
+    monkeypatch.setattr(bt, "mnist_available", lambda: False)
+    g = bt.groups("smoke")  # Fashion-MNIST: target X = 0.85; budget 100 steps
+    assert bt.TARGET_ACC[g["lr"][0].dataset] == 0.85 and g["lr"][0].steps == 100
+    results = {c.hash(): fake_result(c, final=0.5) for cfgs in g.values() for c in cfgs}
+
+    def put(group, final, reach=None, drift=0.0, **where):
+        hits = [c for c in g[group] if all(getattr(c, k) == v for k, v in where.items())]
+        assert hits
+        for c in hits:
+            results[c.hash()] = fake_result(c, final, reach, drift)
+
+    put("lr", 0.88, reach=40, drift=0.1, norm="bn", lr_mult=1.0)     # Figure 1, with BN
+    put("lr", 0.86, reach=80, drift=0.3, norm="none", lr_mult=1.0)   # and without
+    put("lr", 0.89, reach=20, norm="bn", lr_mult=5.0)
+    put("lr", 0.887, reach=25, norm="bn", lr_mult=30.0)
+    put("lr", 0.5, norm="none", lr_mult=5.0)                          # misses X at x5
+    put("lr", 0.86, reach=90, norm="none", lr_mult=30.0)              # reaches X at x30
+    put("deep", 0.10, norm="none", lr_mult=1.0)
+    put("deep", 0.12, norm="none", lr_mult=5.0)
+    put("deep", 0.83, norm="bn", lr_mult=5.0)
+    ablation = dict(zip(bt.ABLATIONS, g["ablations"]))
+    results[ablation["no bias before BN"].hash()] = fake_result(ablation["no bias before BN"], 0.878, reach=40)
+    results[ablation["BN + dropout 0.2"].hash()] = fake_result(ablation["BN + dropout 0.2"], 0.90, reach=40)
+
+    got = {c.id: c for c in bt.claims(results, "smoke")}
+    assert list(got) == CLAIM_IDS
+    expected = {  # id: (ours, verdict)
+        "bn-fewer-steps": (80 / 40, "reproduced"),            # >= 2
+        "bn-higher-accuracy": (0.88 - 0.86, "reproduced"),    # >= 0.005
+        "bn-stable-inputs": (0.3 / 0.1, "reproduced"),        # >= 2
+        "bn-x5-faster": (40 / 20, "reproduced"),              # >= 2
+        "bn-x30-faster": (40 / 25, "partly"),                 # in [1.1, 2)
+        "bn-x30-slower-than-x5": (25 / 20, "reproduced"),     # >= 1.1
+        "bn-x30-ends-higher": (0.887 - 0.89, "partly"),       # in [-0.005, 0)
+        "no-bn-fails-at-x5": (1.0, "reproduced"),
+        "no-bn-fails-at-x30": (0.0, "not reproduced"),
+        "sigmoid-without-bn-fails": (0.12, "reproduced"),     # <= 0.15
+        "sigmoid-with-bn-trains": (0.83 / 0.85, "reproduced"),  # >= 0.95
+        "bias-redundant": (0.002, "reproduced"),              # <= 0.005
+        "bn-remove-dropout": (0.88 - 0.90, "not reproduced"),  # < -0.015
+    }
+    for cid, (ours, verdict) in expected.items():
+        assert got[cid].ours == pytest.approx(ours, abs=1e-9), cid
+        assert got[cid].verdict == verdict, cid
+    assert 0 <= got["bias-gradient-zero"].ours < 1e-12 and got["bias-gradient-zero"].verdict == "reproduced"
+    assert got["bn-fewer-steps"].scale.startswith("smoke profile, fashion-mnist, 100 steps, 1 seed(s), synthetic")
+
+    # a faster arm that misses X in some seed makes the speed-up undefined: not reproduced
+    put("lr", 0.80, drift=0.1, norm="bn", lr_mult=1.0)
+    got = {c.id: c for c in bt.claims(results, "smoke")}
+    assert math.isnan(got["bn-fewer-steps"].ours) and got["bn-fewer-steps"].verdict == "not reproduced"
+    assert got["bn-x5-faster"].ours == pytest.approx(100 / 20)  # x1 now counts with its budget
+
+
+def test_bias_gradient_check_is_exact_and_keeps_the_global_rng():
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    check = bt.bias_gradient_check(small_cfg())
+    assert torch.equal(torch.rand(3), expected_next)
+    assert check["max_out_gap"] < 1e-12 and check["max_bias_grad"] < 1e-12 < 1e-6 < check["max_weight_grad"]
+    assert check == bt.bias_gradient_check(small_cfg())  # deterministic
+
+
+@needs_fashion_mnist
+def test_chapter_claims_smoke_runs_stores_and_registers(tmp_results, monkeypatch):
+    """What the scorecard calls: the smoke sweep is run into the store, scored, and loads back the same."""
+    monkeypatch.setattr(bt, "mnist_available", lambda: False)
+    claims = bt.chapter_claims("smoke")
+    assert [c.id for c in claims] == CLAIM_IDS
+    for c in claims:
+        assert isinstance(c, Claim) and c.verdict in VERDICTS
+        assert c.verdict == c.rule.verdict(c.ours)  # computed from the number, never typed
+    assert {c.id: c.verdict for c in claims}["bias-gradient-zero"] == "reproduced"
+    assert all(c.scale.startswith("smoke profile") for c in claims if c.id != "bias-gradient-zero")
+    stored = list((tmp_results / "bn_training").glob("*.json"))
+    assert len(stored) == len(bt.sweep("smoke"))
+    assert [c.row() for c in bt.chapter_claims("smoke")] == [c.row() for c in claims]  # loaded, identical
+    chapter = scorecard._CHAPTERS["book/bn_training"]
+    assert chapter.claims is bt.chapter_claims and chapter.order == 30
 
 @pytest.fixture(autouse=True)
 def one_thread():
