@@ -189,3 +189,63 @@ def test_bn_inference_tiny_run():
         for key in ("acc_running", "acc_population", "acc_batch_stats"):
             assert 0 <= c[key] <= 1
         assert set(c["layers"]) == set(res["bn_layers"]) and len(res["bn_layers"]) == 4
+
+
+# --------------------------------------------------------------------------- the chapter's claims
+EXACT_CLAIMS = ("backward-equations", "package-equals-pytorch", "conv-1x1-is-fc",
+                "scale-invariance-output", "scale-invariance-jacobian", "gradient-scales-1/a",
+                "bias-grows-outside-gradient", "loss-fixed-while-b-grows",
+                "bias-bounded-inside-gradient", "standardizing-speeds-up", "bn-fixes-scaling",
+                "running-var-unbiased", "pytorch-0.1-is-keras-0.9")
+
+
+def _check_chapter_claims(claims, results):
+    import math
+
+    from bnrepro.claims import VERDICTS, Claim
+
+    assert len(claims) == 17 and len({c.id for c in claims}) == 17
+    assert all(isinstance(c, Claim) and c.verdict in VERDICTS for c in claims)
+    assert all(math.isfinite(c.ours) for c in claims)
+    by_id = {c.id: c for c in claims}
+    # the exact checks and small experiments do not depend on the profile
+    assert {k: by_id[k].verdict for k in EXACT_CLAIMS} == {k: "reproduced" for k in EXACT_CLAIMS}
+    assert by_id["bn-speed"].ours > 0
+    # the early gap, recomputed from the stored checkpoints by hand
+    gaps = [c["acc_population"] - c["acc_running"] for r in results for c in r["checkpoints"]
+            if c["step"] <= 10]
+    assert by_id["running-stats-warm-up"].ours == pytest.approx(sum(gaps) / len(gaps))
+
+
+@needs_fashion_mnist
+def test_first_principles_chapter_claims_tiny(tmp_results, monkeypatch):
+    """chapter_claims on a tiny bn_inference sweep (4 steps a run): Claims with verdicts,
+    registered with the scorecard."""
+    from bnrepro import first_principles, scorecard
+    from bnrepro.experiments import bn_inference
+
+    def tiny_sweep(profile):
+        return [bn_inference.BNInferenceConfig(lr=lr, n_train=512, n_test=256, batch_size=128,
+                                               epochs=1, checkpoints=(1, 2), calib_batch_size=128)
+                for lr in bn_inference.LRS]
+
+    monkeypatch.setattr(bn_inference, "sweep", tiny_sweep)
+    threads = torch.get_num_threads()
+    with first_principles.one_thread():            # tiny runs: 10x faster on a busy 2-core CPU
+        claims = first_principles.chapter_claims("smoke")
+        results = bn_inference.load_sweep("smoke", verbose=False)
+    assert torch.get_num_threads() == threads
+    assert len(list(tmp_results.glob("bn_inference/*.json"))) == 2  # stored, then loaded
+    _check_chapter_claims(claims, results)
+    chapter = scorecard._CHAPTERS["book/bn_first_principles"]
+    assert chapter.claims is first_principles.chapter_claims and chapter.order == 20
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_first_principles_chapter_claims_smoke(tmp_results):
+    from bnrepro import first_principles
+    from bnrepro.experiments import bn_inference
+
+    claims = first_principles.chapter_claims("smoke")
+    _check_chapter_claims(claims, bn_inference.load_sweep("smoke", verbose=False))

@@ -2,8 +2,11 @@
 
 d2l-zh's BN chapter trains its BN-LeNet (sigmoid, average pooling) with plain
 SGD, lr 1.0, batch 256, 10 epochs, and prints train acc 0.899-0.902 and test
-acc 0.708-0.853 (three printed runs; the test accuracy swings because eval
-mode uses running statistics that lag a model trained at lr 1.0).
+acc 0.708-0.853 (three printed runs). The test accuracy swings mostly because
+of the weights at lr 1.0, not because eval mode uses running statistics that
+lag the model: with population statistics recomputed over the training set
+(Algorithm 2) it swings nearly as much (``bn_inference`` experiment, chapter
+"BN from first principles").
 """
 
 from __future__ import annotations
