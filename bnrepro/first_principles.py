@@ -316,7 +316,7 @@ def claims(q: dict, profile: str) -> list[Claim]:
         Claim("running-stats-warm-up", "running-average formula (part 3 here)", "in the first 10 steps "
               "population statistics beat running averages (accuracy gap)", "> 0", q["early_gap"],
               at_least(0.05, 0.045), lenet),
-        Claim("running-stats-trail-at-lr-1", "LeNet chapter, on d2l-zh's test-accuracy swings",
+        Claim("running-stats-trail-at-lr-1", "the usual explanation of d2l-zh's test-accuracy swings",
               "at lr 1.0, population statistics beat running averages later in training (mean gap)",
               "> 0", q["late_gap_high"], at_least(0.005, 0.005), lenet),
         Claim("running-stats-fine-at-lr-0.1", "part 3 here (the gap grows with lr)", "at lr 0.1 the "
