@@ -1,0 +1,161 @@
+"""SkipInit chapter, training side: the depth sweep and the batch-size sweep (De & Smith 2020).
+
+* ``skipinit_depth`` (Tables 1/2 kind): one residual network per (variant,
+  depth), variants ``bn`` (BN, no alpha), ``skipinit`` (no norm, learnable
+  alpha = 0), ``alpha1`` (no norm, alpha = 1), ``sum_sqrt2`` (no norm, block
+  output scaled by 1/sqrt(2)); see :data:`bnrepro.models.resnet.VARIANTS`.
+  Divergence (a NaN/inf loss) is recorded as a result.
+* ``skipinit_batch`` (Figures 5/6 kind): BN vs SkipInit over batch sizes at
+  a fixed budget of training examples (so fewer steps at larger batches), each
+  with a small learning-rate grid; the chapter picks the best lr per arm and
+  batch size.
+
+Profiles: ``paper`` is the n-2 Wide-ResNet on CIFAR-10 (200 epochs as in the
+paper; batch 64, lr 0.1 and the schedule are our choices), for a GPU;
+``cpu`` is a narrow ResNet (channels 8/16/32 after a stride-2 stem) trained
+for 100 (depth sweep) to 1,024 (batch 16) steps on Fashion-MNIST; ``smoke`` two steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import torch
+
+from ..config import ExperimentConfig, require
+from ..data import DATASETS, load_dataset, random_crop_flip
+from ..device import get_device
+from ..models import RESNET_VARIANTS, ResNet, count_parameters
+from ..provenance import provenance
+from ..skipinit_sim import one_cpu_thread
+from ..store import Result
+from ..train import SCHEDULES, train
+from . import register
+
+_PAPER = {"dataset": "cifar10", "widen": 2, "base_width": 16, "stem_stride": 1, "batch_size": 64,
+          "lr": 0.1, "weight_decay": 5e-4, "epochs": 200, "train_examples": None, "augment": True,
+          "schedule": "step", "n_test": None}
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainConfig(ExperimentConfig):
+    dataset: str = "fashion-mnist"
+    variant: str = "bn"               # a key of bnrepro.models.resnet.VARIANTS
+    depth: int = 16                   # layers, 6n + 4 (3n residual blocks)
+    widen: int = 1                    # Wide-ResNet width factor k
+    base_width: int = 8               # channels after the stem (16 in WRN)
+    stem_stride: int = 2              # 2 on the CPU: 28x28 -> 14x14 feature maps, 4x fewer FLOPs
+    batch_size: int = 32
+    lr: float = 0.05                  # SGD with momentum 0.9; one value for every arm (GPU pilot: BN and
+                                      # SkipInit both train at 16-1000 layers with it; not tuned per arm)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup_steps: int = 0             # linear learning-rate warm-up (steps)
+    epochs: int = 1                   # upper bound; train_examples usually ends the run first
+    train_examples: int | None = 3200  # budget in examples: steps = ceil(train_examples / batch_size)
+    augment: bool = False
+    seed: int = 0                     # init and data order
+    n_train: int | None = None
+    n_test: int | None = 1000         # test images evaluated at the end (first n of the test set)
+
+    def validate(self):
+        require(self.dataset in DATASETS, "dataset", self.dataset, f"must be one of {', '.join(DATASETS)}")
+        require(self.variant in RESNET_VARIANTS, "variant", self.variant,
+                f"must be one of {', '.join(RESNET_VARIANTS)}")
+        require(self.depth >= 10 and (self.depth - 4) % 6 == 0, "depth", self.depth,
+                "a Wide-ResNet has depth 6n + 4 (10, 16, 22, ..., 100, ..., 1000)")
+        require(self.widen >= 1 and self.base_width >= 1, "widen", self.widen, "widths must be >= 1")
+        require(self.lr > 0, "lr", self.lr, "the learning rate must be > 0")
+        require(self.schedule in SCHEDULES, "schedule", self.schedule, f"must be one of {', '.join(SCHEDULES)}")
+        require(self.epochs >= 1, "epochs", self.epochs, "train for at least 1 epoch")
+        require(self.train_examples is None or self.train_examples >= self.batch_size, "train_examples",
+                self.train_examples, "the budget must hold at least one batch")
+        require(self.batch_size >= (2 if RESNET_VARIANTS[self.variant]["norm"] != "none" else 1),
+                "batch_size", self.batch_size, "BN in training needs at least 2 samples per batch")
+
+    @property
+    def max_steps(self) -> int | None:
+        return None if self.train_examples is None else math.ceil(self.train_examples / self.batch_size)
+
+
+def build(cfg: _TrainConfig, num_classes: int = 10, in_channels: int = 1) -> ResNet:
+    """The residual network of one config (seed the RNG first for a reproducible init)."""
+    return ResNet(cfg.depth, cfg.widen, **RESNET_VARIANTS[cfg.variant], base_width=cfg.base_width,
+                  stem_stride=cfg.stem_stride, num_classes=num_classes, in_channels=in_channels)
+
+
+def run(cfg: _TrainConfig, device=None) -> Result:
+    """Train one residual network (one variant, depth, batch size, lr) and record the outcome."""
+    device = get_device(device)
+    with one_cpu_thread(device):
+        return _run(cfg, device)
+
+
+def _run(cfg: _TrainConfig, device) -> Result:
+    start = time.perf_counter()
+    data = load_dataset(cfg.dataset, device=device, n_train=cfg.n_train, n_test=cfg.n_test)
+    torch.manual_seed(cfg.seed)
+    model = build(cfg, data.num_classes, data.in_channels)
+    epochs = cfg.epochs if cfg.max_steps is None else max(1, math.ceil(cfg.train_examples / len(data.x_train)))
+    hist = train(model, data, epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
+                 weight_decay=cfg.weight_decay, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps, seed=cfg.seed,
+                 augment=random_crop_flip() if cfg.augment else None, max_steps=cfg.max_steps,
+                 eval_every_epoch=cfg.max_steps is None, log_every=max(1, (cfg.max_steps or 1000) // 50),
+                 device=device)
+    alphas = [b.alpha.item() for b in model.modules() if getattr(b, "alpha", None) is not None]
+    finite = [loss for _, loss in hist.steps if math.isfinite(loss)]
+    tail = finite[-5:]
+    data_out = {"history": hist.to_dict(), "diverged": hist.diverged, "diverged_at_step": hist.diverged_at_step,
+                "steps_run": hist.total_steps, "planned_steps": cfg.max_steps,
+                "test_acc": None if hist.diverged else hist.final("test_acc"),
+                "final_train_loss": None if hist.diverged or not tail else sum(tail) / len(tail),
+                "alpha_abs_mean": sum(abs(a) for a in alphas) / len(alphas) if alphas else None,
+                "num_blocks": model.num_blocks, "parameters": count_parameters(model),
+                "data_source": data.source}
+    return Result(cfg.experiment, cfg.to_dict(), data_out,
+                  provenance(device, time.perf_counter() - start, {"init": cfg.seed, "data_order": cfg.seed}))
+
+
+@dataclasses.dataclass(frozen=True)
+class SkipInitDepthConfig(_TrainConfig):
+    experiment = "skipinit_depth"
+    profiles = {"smoke": {"train_examples": 64, "n_train": 512, "n_test": 128},
+                "cpu": {},  # 100 steps of batch 32
+                "paper": _PAPER}
+
+
+DEPTHS = {"smoke": (10, 16), "cpu": (16, 100, 1000), "paper": (16, 100, 1000)}
+DEPTH_VARIANTS = ("bn", "skipinit", "alpha1", "sum_sqrt2")
+
+
+def sweep_depth(profile: str) -> list[SkipInitDepthConfig]:
+    """Every variant at every depth (Tables 1 and 2 kind)."""
+    return [SkipInitDepthConfig.for_profile(profile, variant=v, depth=d)
+            for d in DEPTHS[profile] for v in DEPTH_VARIANTS]
+
+
+@dataclasses.dataclass(frozen=True)
+class SkipInitBatchConfig(_TrainConfig):
+    experiment = "skipinit_batch"
+    profiles = {"smoke": {"train_examples": 64, "n_train": 512, "n_test": 128},
+                # a fixed budget of 16,384 examples: 1,024 steps at batch 16, 16 at batch 1024
+                "cpu": {"train_examples": 16_384, "n_test": 2000},
+                "paper": {**_PAPER, "widen": 4, "epochs": 50}}  # WRN-16-4; epochs: ours
+
+
+BATCH_SIZES = {"smoke": (16, 32), "cpu": (16, 64, 256, 1024), "paper": (16, 64, 256, 1024, 4096)}
+LR_GRID = {"smoke": (0.05,), "cpu": (0.025, 0.1, 0.4, 1.6), "paper": tuple(2.0 ** k for k in range(-8, 3))}
+BATCH_VARIANTS = ("bn", "skipinit")
+
+
+def sweep_batch(profile: str) -> list[SkipInitBatchConfig]:
+    """BN vs SkipInit at depth 16 over batch sizes and a learning-rate grid (Figures 5/6 kind)."""
+    return [SkipInitBatchConfig.for_profile(profile, variant=v, batch_size=b, lr=lr)
+            for v in BATCH_VARIANTS for b in BATCH_SIZES[profile] for lr in LR_GRID[profile]]
+
+
+register(SkipInitDepthConfig, run, sweep_depth)
+register(SkipInitBatchConfig, run, sweep_batch)

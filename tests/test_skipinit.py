@@ -1,0 +1,212 @@
+"""SkipInit chapter: exact path-depth distribution, Monte Carlo, residual network family."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from bnrepro.config import ConfigError
+from bnrepro.models import MODELS, LinearResNet, ResNet, residual_blocks
+from bnrepro.models.resnet import VARIANTS, resolve_alpha
+from bnrepro.skipinit import (brute_force_distribution, expected_path_depth, harmonic, headline,
+                              path_depth_distribution, share_within)
+from bnrepro.skipinit_sim import block_variances, path_variance_mc
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors are tiny: one thread is faster, and far faster on a shared, busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------- exact distribution
+@pytest.mark.parametrize("d", [1, 5, 100, 10_000])
+@pytest.mark.parametrize("normalized", [True, False])
+def test_distribution_sums_to_one_and_is_a_probability(d, normalized):
+    p = path_depth_distribution(d, normalized)
+    assert p.dtype == np.float64 and p.shape == (d + 1,)
+    assert (p >= 0).all()
+    assert abs(p.sum() - 1) < 1e-12
+
+
+@pytest.mark.parametrize("d", [1, 7, 100, 10_000])
+@pytest.mark.parametrize("s", [1, 0, 3])
+def test_mean_equals_harmonic_number_formula(d, s):
+    p = path_depth_distribution(d, True, stem_variance=s)
+    mean = float(np.dot(np.arange(d + 1), p))
+    # H_{d+s} - H_s, with H summed independently here (plain Python floats, no numpy)
+    h = lambda n: sum(1.0 / k for k in range(1, n + 1))  # noqa: E731
+    assert mean == pytest.approx(h(d + s) - h(s), rel=1e-12)
+    assert expected_path_depth(d, True, s) == pytest.approx(h(d + s) - h(s), rel=1e-13)
+
+
+def test_harmonic_known_values():
+    assert harmonic(0) == 0 and harmonic(1) == 1 and harmonic(4) == pytest.approx(25 / 12, rel=1e-15)
+    assert harmonic(10_000) == pytest.approx(math.log(10_000) + 0.5772156649015329 + 1 / 20_000, abs=1e-8)
+
+
+@pytest.mark.parametrize("d", [1, 2, 5, 10])
+@pytest.mark.parametrize("normalized,s", [(True, 1.0), (True, 0.0), (True, 2.5), (False, 1.0)])
+def test_small_cases_match_enumeration_of_all_paths(d, normalized, s):
+    exact = path_depth_distribution(d, normalized, s)
+    brute = brute_force_distribution(d, normalized, s)
+    np.testing.assert_allclose(exact, brute, rtol=1e-12, atol=1e-15)
+
+
+def test_known_closed_forms():
+    d = 50
+    # unnormalized: Binomial(d, 1/2)
+    np.testing.assert_allclose(path_depth_distribution(d, False),
+                               [math.comb(d, k) / 2 ** d for k in range(d + 1)], rtol=1e-12)
+    # normalized, s = 1: P[0] = 1/(d+1) (the all-skip path), P[d] = 1/(d+1)!
+    p = path_depth_distribution(d)
+    assert p[0] == pytest.approx(1 / (d + 1), rel=1e-13)
+    assert p[d] == pytest.approx(1 / math.factorial(d + 1), rel=1e-10)
+    # s = 0 is s = 1 with one block fewer, shifted by one branch
+    np.testing.assert_allclose(path_depth_distribution(d, True, 0.0)[1:], path_depth_distribution(d - 1), rtol=1e-12)
+
+
+def test_ten_thousand_blocks_is_fast_and_gives_the_headline():
+    path_depth_distribution(10)  # warm-up
+    start = time.perf_counter()
+    p = path_depth_distribution(10_000)
+    assert time.perf_counter() - start < 1.0
+    assert abs(p.sum() - 1) < 1e-12
+    rows = {(r["convention"], r["paths through"]): r["share"] for r in headline()}
+    # the paper's 97% is the "first branch always taken" convention (or "< 15" with the default one)
+    assert rows[("first branch always taken (s=0)", "<= 15")] == pytest.approx(0.970, abs=0.0005)
+    assert rows[("stem not a branch (s=1)", "< 15")] == pytest.approx(0.970, abs=0.0005)
+    assert share_within(10_000, 15) == pytest.approx(0.985, abs=0.0005)
+    assert share_within(10_000, 15, normalized=False) < 1e-100
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="num_blocks"):
+        path_depth_distribution(-1)
+    with pytest.raises(ValueError, match="stem_variance"):
+        path_depth_distribution(3, stem_variance=-1)
+
+
+# ----------------------------------------------------------------- Monte Carlo
+@pytest.mark.parametrize("mode", ["bn", "scaled", "none"])
+def test_monte_carlo_agrees_with_exact_within_error_bars(mode):
+    d = 5
+    mc = path_variance_mc(d, width=32, batch=256, mode=mode, n_networks=16, seed=3)
+    exact = path_depth_distribution(d, normalized=mode != "none")
+    # BN normalizes each random network by its own per-feature statistics, which thins the
+    # deep-path tail by O(k / width) relative to the infinite-width theory: allow 0.005 for it.
+    allowance = 0.005 if mode == "bn" else 0.0
+    z = np.maximum(np.abs(mc["mean"] - exact) - allowance, 0) / np.maximum(mc["sem"], 1e-9)
+    assert (z < 4).all(), f"{mode}: z-scores {np.round(z, 1)}"
+    assert abs(mc["mean"].sum() - 1) < 1e-9
+    # the total variance per block: i (normalized, stem variance 1) or 2^(i-1) (unnormalized)
+    expected = np.arange(1, d + 2) if mode != "none" else 2.0 ** np.arange(d + 1)
+    np.testing.assert_allclose(mc["block_var"].mean(0), expected, rtol=0.08)
+
+
+def test_monte_carlo_detects_a_wrong_distribution():
+    mc = path_variance_mc(5, width=32, batch=256, mode="none", n_networks=16, seed=3)
+    z = np.abs(mc["mean"] - path_depth_distribution(5, True)) / mc["sem"]
+    assert z.max() > 10  # the test above can fail: unnormalized MC vs normalized theory
+
+
+def test_linear_resnet_figure4_statistics():
+    torch.manual_seed(0)
+    model = LinearResNet(in_features=20, width=64, num_blocks=12)
+    before = [m.running_var.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    stats = block_variances(model, [torch.randn(256, 20) for _ in range(3)])
+    i = np.arange(1, 13)
+    np.testing.assert_allclose(stats["skip"], i, rtol=0.2)           # skip variance grows ~ linearly
+    np.testing.assert_allclose(stats["branch"], 1, rtol=0.2)         # BN keeps each branch at ~1
+    np.testing.assert_allclose(stats["bn_running_var"], i, rtol=0.2)  # BN's moving variance tracks the skip
+    after = [m.running_var for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after)), "the model's own statistics are restored"
+
+
+# ----------------------------------------------------------------- residual network family
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_variant_builds_and_runs(variant):
+    torch.manual_seed(0)
+    model = ResNet(16, 1, base_width=4, stem_stride=2, in_channels=1, **VARIANTS[variant])
+    out = model(torch.randn(4, 1, 28, 28))
+    assert out.shape == (4, 10) and torch.isfinite(out).all()
+    assert model.num_blocks == 6 and len(residual_blocks(model)) == 6
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert has_bn == (VARIANTS[variant]["norm"] == "bn")
+    alphas = [b.alpha for b in residual_blocks(model)]
+    if VARIANTS[variant]["alpha"] is None:
+        assert all(a is None for a in alphas)
+    else:
+        assert all(a.requires_grad for a in alphas)
+        assert alphas[0].item() == pytest.approx(resolve_alpha(VARIANTS[variant]["alpha"], 6))
+
+
+def test_alpha_zero_blocks_are_the_identity_at_init():
+    torch.manual_seed(0)
+    model = ResNet(22, 1, norm="none", alpha=0, base_width=4, in_channels=1)
+    x = torch.randn(3, 4, 10, 10)
+    identity_blocks = [b for b in residual_blocks(model) if b.shortcut is None]
+    assert len(identity_blocks) == 7  # 9 blocks; the first of stages 2 and 3 change shape (1x1 conv shortcut)
+    for b in identity_blocks[:2]:
+        assert torch.equal(b(x), x)
+    # with alpha = 1 the same block is not the identity
+    b = ResNet(22, 1, norm="none", alpha=1, base_width=4, in_channels=1).blocks[1]
+    assert not torch.allclose(b(x), x)
+
+
+def test_alpha_choices_and_paper_widths():
+    assert resolve_alpha("1/sqrt(d)", 166 * 3) == pytest.approx(1 / math.sqrt(498))
+    assert resolve_alpha("none", 5) is None and resolve_alpha(0.25, 5) == 0.25
+    with pytest.raises(ValueError, match="alpha"):
+        resolve_alpha("2", 5)
+    with pytest.raises(ValueError, match="depth"):
+        ResNet(17)
+    wrn = ResNet(16, 2)  # WRN-16-2 on CIFAR-10: about 0.69M parameters
+    assert 0.6e6 < sum(p.numel() for p in wrn.parameters()) < 0.75e6
+    assert MODELS["resnet"] is ResNet and MODELS["linear_resnet"] is LinearResNet
+
+
+def test_sum_scale_keeps_forward_variance_and_alpha1_explodes():
+    torch.manual_seed(0)
+    x = torch.randn(32, 1, 28, 28)
+    stats = {}
+    for name in ("alpha1", "sum_sqrt2"):
+        model = ResNet(40, 1, base_width=8, stem_stride=2, in_channels=1, **VARIANTS[name])
+        stats[name] = block_variances(model, [x])["skip"]
+    assert stats["alpha1"][-1] > 1000 * stats["alpha1"][0]     # the variance doubles block after block
+    assert stats["sum_sqrt2"][-1] < 10 * stats["sum_sqrt2"][0]
+
+
+# ----------------------------------------------------------------- experiments
+def test_configs_validate_and_sweeps_reach_1000_layers():
+    from bnrepro.experiments.skipinit_train import SkipInitDepthConfig, sweep_batch, sweep_depth
+
+    for profile in ("smoke", "cpu", "paper"):
+        assert sweep_depth(profile) and sweep_batch(profile)
+    assert max(c.depth for c in sweep_depth("cpu")) == 1000
+    assert {c.variant for c in sweep_depth("cpu")} == {"bn", "skipinit", "alpha1", "sum_sqrt2"}
+    with pytest.raises(ConfigError, match="depth"):
+        SkipInitDepthConfig.for_profile("cpu", depth=999)
+    with pytest.raises(ConfigError, match="variant"):
+        SkipInitDepthConfig.for_profile("cpu", variant="fixup")
+
+
+def test_divergence_is_recorded_not_raised(monkeypatch):
+    from bnrepro.data import TensorData
+    from bnrepro.experiments import skipinit_train
+
+    g = torch.Generator().manual_seed(0)
+    fake = TensorData("fashion-mnist", torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g),
+                      torch.randn(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g),
+                      [str(i) for i in range(10)], "random tensors", (0.0,), (1.0,))
+    monkeypatch.setattr(skipinit_train, "load_dataset", lambda *a, **k: fake)
+    monkeypatch.setattr(skipinit_train, "provenance", lambda *a, **k: {})  # skip the slow `git status`
+    cfg = skipinit_train.SkipInitDepthConfig.for_profile("smoke", variant="alpha1", depth=16, lr=1e4)
+    result = skipinit_train.run(cfg, device="cpu")
+    assert result["diverged"] is True and result["test_acc"] is None
+    assert result["diverged_at_step"] is not None
