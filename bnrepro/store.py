@@ -155,7 +155,8 @@ def load_or_run(cfg: ExperimentConfig, *, force: bool = False, device=None,
             return found
     run = get_experiment(cfg.experiment).run
     if verbose:
-        print(f"no stored result: running {cfg.experiment}/{config_hash(cfg)} ...", flush=True)
+        why = "recomputing (force)" if force else "no stored result: running"
+        print(f"{why} {cfg.experiment}/{config_hash(cfg)} ...", flush=True)
     start = time.perf_counter()
     result = run(cfg, device=device)
     result.config_hash = config_hash(cfg)

@@ -32,7 +32,7 @@ from . import register
 class LeNetConfig(ExperimentConfig):
     experiment = "lenet"
     profiles = {
-        "smoke": {"epochs": 1, "n_train": 2048, "n_test": 512},
+        "smoke": {"epochs": 2, "n_train": 2048, "n_test": 512},
         "cpu": {},  # d2l's own settings fit a laptop CPU (about a minute a run)
         "paper": {},
     }
