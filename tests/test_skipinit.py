@@ -210,3 +210,66 @@ def test_divergence_is_recorded_not_raised(monkeypatch):
     result = skipinit_train.run(cfg, device="cpu")
     assert result["diverged"] is True and result["test_acc"] is None
     assert result["diverged_at_step"] is not None
+
+
+# ----------------------------------------------------------------- claims (chapter + scorecard)
+def _fake_run(experiment, config, **data):
+    from bnrepro.store import Result
+
+    base = {"num_blocks": 1, "test_acc": None, "diverged": False, "diverged_at_step": None,
+            "final_train_loss": None, "alpha_abs_mean": None, "planned_steps": 10}
+    return Result(experiment, config, {**base, **data}, {"device": "cpu (test)", "wall_time_s": 0.0})
+
+
+def _synthetic_results():
+    """Small hand-made results whose claim values are known in advance."""
+    blocks = np.arange(1, 6)
+    linear = _fake_run("skipinit_variance", {"kind": "linear"}, num_blocks=5, skip=(3.0 + blocks).tolist(),
+                       branch=[1.0] * 5, bn_running_var=(3.0 + blocks).tolist())
+    depth_acc = {16: {"bn": 0.8, "skipinit": 0.1, "alpha1": 0.7, "sum_sqrt2": 0.7},   # the shallow runs must
+                 100: {"bn": 0.6, "skipinit": 0.4, "alpha1": None, "sum_sqrt2": 0.12}}  # not be read
+    depth = [_fake_run("skipinit_depth", {"variant": v, "depth": d}, test_acc=a, diverged=a is None)
+             for d, accs in depth_acc.items() for v, a in accs.items()]
+    batch_acc = {("bn", 16, 0.1): 0.80, ("bn", 16, 0.4): 0.78, ("bn", 256, 0.1): 0.50, ("bn", 256, 0.4): 0.70,
+                 ("skipinit", 16, 0.1): 0.79, ("skipinit", 16, 0.4): None,
+                 ("skipinit", 256, 0.1): 0.55, ("skipinit", 256, 0.4): None}
+    batch = [_fake_run("skipinit_batch", {"variant": v, "batch_size": b, "lr": lr}, test_acc=a, diverged=a is None)
+             for (v, b, lr), a in batch_acc.items()]
+    return {"variance": {"linear": linear}, "depth": depth, "batch": batch}
+
+
+def test_claims_from_synthetic_results():
+    from bnrepro.experiments.skipinit import claims
+
+    got = {c.id: c for c in claims(_synthetic_results(), "smoke")}
+    expected = {  # values worked out by hand from the synthetic runs above
+        "paths-97pct": (share_within(10_000, 15), "partly"),
+        "paths-97pct-stem-counted": (share_within(10_000, 15, stem_variance=0.0), "reproduced"),
+        "fig4-skip-linear": (1.0, "reproduced"),
+        "skipinit-1000": ((0.4 - 0.1) / (0.6 - 0.1), "partly"),     # 0.6 of BN's gain: >= 0.5 but < 0.9
+        "alpha1-fails": (0.1, "reproduced"),                         # diverged: counts as chance
+        "sqrt2-fails": (0.12, "reproduced"),
+        "bn-large-batch": ((0.70 - 0.55) - (0.80 - 0.79), "reproduced"),
+        "bn-lr-large-batch": (4.0, "reproduced"),                    # BN best at 0.4, SkipInit at 0.1
+        "small-batch-similar": (0.80 - 0.79, "reproduced"),
+    }
+    assert list(got) == list(expected)
+    for cid, (ours, verdict) in expected.items():
+        assert got[cid].ours == pytest.approx(ours, abs=1e-12), cid
+        assert got[cid].verdict == verdict, cid
+    assert "at 100 layers" in got["skipinit-1000"].statement and "batch 256" in got["bn-lr-large-batch"].statement
+
+
+def test_chapter_claims_at_smoke_and_registered(tmp_results):
+    from bnrepro import scorecard
+    from bnrepro.claims import VERDICTS, Claim
+    from bnrepro.experiments.skipinit import chapter_claims
+
+    claims = chapter_claims("smoke")
+    assert len(claims) == 9 and all(isinstance(c, Claim) for c in claims)
+    assert all(c.verdict in VERDICTS for c in claims)
+    assert all(math.isfinite(c.ours) for c in claims)
+    assert any(tmp_results.glob("skipinit_depth/*.json"))  # it ran into the throw-away store
+    registered = {c.doc: c for c in scorecard.chapters()}
+    assert registered["book/skipinit"].claims is chapter_claims
+    assert registered["book/skipinit"].title == "SkipInit (De & Smith)"

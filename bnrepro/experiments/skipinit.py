@@ -24,6 +24,7 @@ from ..data import DATASETS, load_dataset
 from ..device import get_device
 from ..models import LinearResNet, ResNet
 from ..provenance import provenance
+from ..scorecard import register_chapter
 from ..skipinit import path_depth_distribution
 from ..skipinit_sim import MC_MODES, block_variances, one_cpu_thread, path_variance_mc
 from ..store import Result
@@ -150,3 +151,10 @@ def sweep_variance(profile: str) -> list[SkipInitVarianceConfig]:
 
 register(SkipInitPathsConfig, run_paths)
 register(SkipInitVarianceConfig, run_variance, sweep_variance)
+
+# the chapter's claims (book/skipinit.ipynb and the scorecard page both read them from here)
+from ._skipinit_claims import (CHANCE, acc_or_chance, batch_frame, batch_summary, best_per_batch,  # noqa: E402
+                               chapter_claims, claims, deepest, depth_frame, fig4_linear, load_sweep,
+                               quantities)
+
+register_chapter("book/skipinit", "SkipInit (De & Smith)", 45, chapter_claims)
