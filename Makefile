@@ -35,8 +35,8 @@ $(STAMP): pyproject.toml
 # Fashion-MNIST: present already (Debian package, $BNREPRO_DATA or the cache),
 # else Debian's dataset-fashion-mnist when we may use apt, else torchvision's download.
 data: $(STAMP)
-	@if BNREPRO_OFFLINE=1 $(PY) -m bnrepro data fashion-mnist >/dev/null 2>&1; then \
-	  BNREPRO_OFFLINE=1 $(PY) -m bnrepro data fashion-mnist; \
+	@if found=$$(BNREPRO_OFFLINE=1 $(PY) -m bnrepro data fashion-mnist 2>&1); then \
+	  echo "$$found"; \
 	elif command -v apt-get >/dev/null && { [ "$$(id -u)" = 0 ] || sudo -n true 2>/dev/null; }; then \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo -n); \
 	  echo "installing Debian's dataset-fashion-mnist into $(DEBIAN_FMNIST)"; \
