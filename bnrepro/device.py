@@ -9,6 +9,7 @@ worse than no number at all.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -124,3 +125,23 @@ def synchronize(device: str | torch.device) -> None:
         torch.cuda.synchronize(dev)
     elif dev.type == "mps":
         torch.mps.synchronize()
+
+
+@contextlib.contextmanager
+def cpu_threads(device: str | torch.device = "cpu", n: int = 1):
+    """Use ``n`` intra-op threads while on the CPU (restored after); no-op elsewhere.
+
+    The book's small networks and exact checks are thousands of tiny ops: on
+    a busy 2-core CPU, two threads ran them 5-20x slower than one (measured
+    while writing the chapters), since thread synchronization costs more than
+    the arithmetic. Provenance records the thread count a run used.
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

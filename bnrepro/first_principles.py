@@ -16,7 +16,6 @@ numbers as its inline demonstrations; the global random state is left as it was.
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +24,7 @@ from torch import nn
 from . import norm as bnr
 from .basics import bias_explosion, feature_scaling_regression
 from .claims import Claim, at_least, at_most
+from .device import cpu_threads
 
 IS = "Ioffe & Szegedy 2015"
 SHAPES = ((32, 5), (16, 3, 6, 6))        # a fully connected and a convolutional activation
@@ -237,19 +237,6 @@ def measure_speed(profile: str) -> dict:
     return bnr.bn_speed(shape=SPEED_SHAPE, repeats=10 if profile == "smoke" else 20, warmup=3, threads=1)
 
 
-@contextlib.contextmanager
-def one_thread():
-    """Run the enclosed CPU work on one intra-op thread (restored after). The exact checks
-    are thousands of tiny ops: on a shared 2-core CPU, two threads made them ~20x slower,
-    and the chapter's inline demonstrations (also one thread) give the same float32 numbers."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def quantities(profile: str, device=None, speed: dict | None = None) -> dict:
     """Every number the claims read (a few seconds on a CPU, plus the ``bn_inference`` sweep
     if it is not stored). ``speed``: a :func:`measure_speed` result to reuse (the chapter
@@ -259,7 +246,7 @@ def quantities(profile: str, device=None, speed: dict | None = None) -> dict:
     inference = bn_inference.load_sweep(profile, device, verbose=False)
     q = {"speed": speed or measure_speed(profile),
          **bn_inference.gap_numbers(bn_inference.checkpoint_table(inference))}
-    with one_thread():
+    with cpu_threads():
         q.update(derivation_dev=backward_deviation(), package_dev=package_deviation(),
                  conv_fc_dev=conv_fc_deviation(), var_gap=running_var_gap(),
                  keras_dev=keras_deviation(), **{f"scale_{k}": v for k, v in scale_invariance().items()},

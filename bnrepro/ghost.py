@@ -29,7 +29,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .norm import BatchNorm, BatchNormFunction, _check_batch, _replace
+from .norm import (BatchNorm, BatchNormFunction, _check_batch, _replace, is_plain_batchnorm,
+                   rebuild_batchnorm)
 
 __all__ = ["GhostBatchNorm", "ghost_chunks", "convert_ghost_batchnorm", "STATS_UPDATES"]
 
@@ -114,19 +115,5 @@ def convert_ghost_batchnorm(model: nn.Module, ghost_batch_size: int,
 
     Parameters are copied, so build the optimizer after converting.
     """
-    def match(m):
-        return (isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
-                or (type(m) is BatchNorm and m.mode == "full"))
-
-    def make(bn):
-        ref = bn.weight if bn.weight is not None else bn.running_mean
-        kw = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
-        new = GhostBatchNorm(bn.num_features, ghost_batch_size, bn.eps, bn.momentum, bn.affine,
-                             bn.track_running_stats, bias=bn.bias is not None or not bn.affine,
-                             stats_update=stats_update, **kw)
-        new.load_state_dict(bn.state_dict())
-        for name, p in new.named_parameters():
-            p.requires_grad_(getattr(bn, name).requires_grad)
-        return new.train(bn.training)
-
-    return _replace(model, match, make, {})
+    return _replace(model, is_plain_batchnorm, lambda bn: rebuild_batchnorm(
+        bn, GhostBatchNorm, ghost_batch_size=ghost_batch_size, stats_update=stats_update), {})

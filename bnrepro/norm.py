@@ -393,24 +393,34 @@ def freeze_batchnorm(model: nn.Module) -> nn.Module:
     return _replace(model, is_bn, FrozenBatchNorm.from_module, {})
 
 
+def rebuild_batchnorm(bn: nn.Module, cls: type, **extra) -> nn.Module:
+    """A ``cls`` BN layer (``BatchNorm`` or a subclass) with ``bn``'s settings,
+    state_dict, ``requires_grad`` flags and train/eval mode; ``extra`` goes to
+    ``cls`` (e.g. ``ghost_batch_size``). Shared by every converter."""
+    ref = bn.weight if bn.weight is not None else bn.running_mean
+    kw = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
+    new = cls(bn.num_features, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+              track_running_stats=bn.track_running_stats, bias=bn.bias is not None or not bn.affine,
+              **extra, **kw)
+    new.load_state_dict(bn.state_dict())
+    for name, p in new.named_parameters():
+        p.requires_grad_(getattr(bn, name).requires_grad)
+    return new.train(bn.training)
+
+
+def is_plain_batchnorm(m: nn.Module) -> bool:
+    """``nn.BatchNorm1d/2d`` or a full-mode :class:`BatchNorm` (not a subclass such as ghost BN)."""
+    return isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) or (type(m) is BatchNorm and m.mode == "full")
+
+
 def convert_batchnorm(model: nn.Module) -> nn.Module:
     """Replace each ``nn.BatchNorm1d``/``nn.BatchNorm2d`` by :class:`BatchNorm`
     with the same state_dict and train/eval flag; returns the model.
 
     Parameters are copied, so build the optimizer after converting.
     """
-    def make(bn):
-        ref = bn.weight if bn.weight is not None else bn.running_mean
-        kw = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
-        new = BatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine,
-                        bn.track_running_stats, bias=bn.bias is not None or not bn.affine,
-                        **kw)
-        new.load_state_dict(bn.state_dict())
-        for name, p in new.named_parameters():
-            p.requires_grad_(getattr(bn, name).requires_grad)
-        return new.train(bn.training)
     is_bn = lambda m: isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
-    return _replace(model, is_bn, make, {})
+    return _replace(model, is_bn, lambda bn: rebuild_batchnorm(bn, BatchNorm), {})
 
 
 def _check_unit(name: str, value: float) -> float:

@@ -17,7 +17,6 @@ Two measurements check the exact theory of :mod:`bnrepro.skipinit`:
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Iterable
 
@@ -25,28 +24,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .device import cpu_threads
 from .models.resnet import residual_blocks
 
 MC_MODES = ("bn", "scaled", "none")
-
-
-@contextlib.contextmanager
-def one_cpu_thread(device):
-    """Run on one CPU thread (restored after); no-op on other devices.
-
-    The chapter's networks have 8-128 features: on a CPU their ops are too small
-    to split, and on two busy shared cores two threads ran 5-20 times slower
-    than one (measured here). Provenance records the thread count used.
-    """
-    if torch.device(device).type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _feature_var(t: torch.Tensor) -> torch.Tensor:

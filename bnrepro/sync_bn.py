@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .norm import BatchNorm, _channel_shape, _reduce_dims, _replace
+from .norm import BatchNorm, _channel_shape, _reduce_dims, _replace, is_plain_batchnorm, rebuild_batchnorm
 
 __all__ = ["SyncBatchNormFunction", "SyncBatchNorm", "convert_sync_batchnorm", "distributed_world_size"]
 
@@ -153,18 +153,5 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
     Like ``nn.SyncBatchNorm.convert_sync_batchnorm``, but the result runs on
     CPU processes (gloo) as well as GPUs. Build the optimizer after converting.
     """
-    def match(m):
-        return (isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))
-                or (type(m) is BatchNorm and m.mode == "full"))
-
-    def make(bn):
-        ref = bn.weight if bn.weight is not None else bn.running_mean
-        kw = {} if ref is None else {"device": ref.device, "dtype": ref.dtype}
-        new = SyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                            process_group, bias=bn.bias is not None or not bn.affine, **kw)
-        new.load_state_dict(bn.state_dict())
-        for name, p in new.named_parameters():
-            p.requires_grad_(getattr(bn, name).requires_grad)
-        return new.train(bn.training)
-
-    return _replace(model, match, make, {})
+    return _replace(model, is_plain_batchnorm,
+                    lambda bn: rebuild_batchnorm(bn, SyncBatchNorm, process_group=process_group), {})

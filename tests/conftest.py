@@ -31,6 +31,15 @@ def tmp_results(tmp_path, monkeypatch):
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """Run the test on one CPU thread (see bnrepro.device.cpu_threads)."""
+    from bnrepro.device import cpu_threads
+
+    with cpu_threads():
+        yield
+
+
 def have_fashion_mnist() -> bool:
     if (DEBIAN_FMNIST / "train-images-idx3-ubyte.gz").exists():
         return True

@@ -12,6 +12,7 @@ from bnrepro.basics import (SCALING_METHODS, bias_explosion, bn_layers, bn_stati
                             feature_scaling_data, feature_scaling_regression,
                             population_statistics, recalibrate_bn)
 from bnrepro.config import ConfigError
+from bnrepro.device import cpu_threads
 from bnrepro.norm import BatchNorm
 
 from conftest import needs_fashion_mnist
@@ -231,7 +232,7 @@ def test_first_principles_chapter_claims_tiny(tmp_results, monkeypatch):
 
     monkeypatch.setattr(bn_inference, "sweep", tiny_sweep)
     threads = torch.get_num_threads()
-    with first_principles.one_thread():            # tiny runs: 10x faster on a busy 2-core CPU
+    with cpu_threads():            # tiny runs: 10x faster on a busy 2-core CPU
         claims = first_principles.chapter_claims("smoke")
         results = bn_inference.load_sweep("smoke", verbose=False)
     assert torch.get_num_threads() == threads

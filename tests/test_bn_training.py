@@ -373,10 +373,5 @@ def test_chapter_claims_smoke_runs_stores_and_registers(tmp_results, monkeypatch
     chapter = scorecard._CHAPTERS["book/bn_training"]
     assert chapter.claims is bt.chapter_claims and chapter.order == 30
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: one intra-op thread is faster, and far faster on a busy shared CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")

@@ -17,14 +17,8 @@ from bnrepro.train import train
 from conftest import needs_fashion_mnist
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tensors are tiny: extra threads only add synchronisation (and, on a shared CPU,
-    waiting for descheduled workers, which made this file 3x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny tensors: one intra-op thread is faster, and far faster on a busy shared CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _bn_entries(model: nn.Module) -> int:

@@ -15,13 +15,8 @@ from bnrepro.skipinit import (brute_force_distribution, expected_path_depth, har
 from bnrepro.skipinit_sim import block_variances, path_variance_mc
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one thread is faster, and far faster on a shared, busy CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny tensors: one intra-op thread is faster, and far faster on a busy shared CPU.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------- exact distribution

@@ -30,12 +30,13 @@ from ..basics import bn_layers, bn_statistics, recalibrate_bn
 from ..config import ExperimentConfig, require
 from ..data import DATASETS, load_dataset
 from ..device import get_device
-from ..models import INITS, LeNet, init_weights
+from ..models import INITS
 from ..provenance import provenance
 from ..scorecard import register_chapter
 from ..store import Result, load_or_run
 from ..train import evaluate, train
 from . import register
+from .lenet import build_lenet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,10 +109,7 @@ def run(cfg: BNInferenceConfig, device=None) -> Result:
     device = get_device(device)
     start = time.perf_counter()
     data = load_dataset(cfg.dataset, device=device, n_train=cfg.n_train, n_test=cfg.n_test)
-    torch.manual_seed(cfg.seed)
-    model = LeNet(norm=cfg.norm, activation=cfg.activation, num_classes=data.num_classes,
-                  in_channels=data.in_channels, image_size=data.image_size)
-    init_weights(model, cfg.init)
+    model = build_lenet(cfg, data)
     for _, bn in bn_layers(model):
         bn.momentum = cfg.bn_momentum
     checkpoints: list[dict] = []

@@ -22,7 +22,6 @@ Gaussian" weights are N(0, 0.01^2) here (the Caffe/AlexNet-era convention).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
@@ -35,7 +34,7 @@ from torch import nn
 
 from ..config import ExperimentConfig, require
 from ..data import DATASETS, DataNotFoundError, load_dataset
-from ..device import get_device
+from ..device import cpu_threads, get_device
 from ..models import ACTIVATIONS, MLP, NORMS, count_parameters
 from ..provenance import provenance
 from ..scorecard import register_chapter
@@ -226,29 +225,10 @@ def _epochs_for(steps: int, n: int, batch_size: int) -> int:
     return max(1, -(-steps // per_epoch))
 
 
-@contextlib.contextmanager
-def _cpu_threads(device: torch.device, n: int = 1):
-    """Use ``n`` intra-op threads on CPU for the duration (restored after).
-
-    The network is tiny (60 x 100 activations): with several threads, OpenMP
-    synchronization costs more than the arithmetic, and on a loaded machine
-    one BN call took ~40 ms with 2 threads against ~0.1 ms with 1.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run(cfg: BNTrainingConfig, device=None) -> Result:
     """Train one Figure-1-style MLP variant, recording test accuracy and sigmoid-input percentiles."""
     device = get_device(device)
-    with _cpu_threads(device):
+    with cpu_threads(device):
         return _run(cfg, device)
 
 

@@ -61,15 +61,21 @@ class LeNetConfig(ExperimentConfig):
             require(value is None or value >= 1, name, value, "must be None (all) or >= 1")
 
 
+def build_lenet(cfg, data) -> LeNet:
+    """The LeNet that ``cfg`` describes (its ``norm``, ``activation``, ``init``),
+    initialised from ``cfg.seed`` and shaped for ``data``."""
+    torch.manual_seed(cfg.seed)
+    model = LeNet(norm=cfg.norm, activation=cfg.activation, num_classes=data.num_classes,
+                  in_channels=data.in_channels, image_size=data.image_size)
+    return init_weights(model, cfg.init)
+
+
 def run(cfg: LeNetConfig, device=None) -> Result:
     """Train one LeNet (one arm, one seed) and record its history."""
     device = get_device(device)
     start = time.perf_counter()
     data = load_dataset(cfg.dataset, device=device, n_train=cfg.n_train, n_test=cfg.n_test)
-    torch.manual_seed(cfg.seed)
-    model = LeNet(norm=cfg.norm, activation=cfg.activation, num_classes=data.num_classes,
-                  in_channels=data.in_channels, image_size=data.image_size)
-    init_weights(model, cfg.init)
+    model = build_lenet(cfg, data)
     hist = train(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                  seed=cfg.seed, device=device)
     return Result(cfg.experiment, cfg.to_dict(),

@@ -26,7 +26,8 @@ from ..models import LinearResNet, ResNet
 from ..provenance import provenance
 from ..scorecard import register_chapter
 from ..skipinit import path_depth_distribution
-from ..skipinit_sim import MC_MODES, block_variances, one_cpu_thread, path_variance_mc
+from ..device import cpu_threads
+from ..skipinit_sim import MC_MODES, block_variances, path_variance_mc
 from ..store import Result
 from . import register
 
@@ -59,7 +60,7 @@ class SkipInitPathsConfig(ExperimentConfig):
 
 def run_paths(cfg: SkipInitPathsConfig, device=None) -> Result:
     """Monte Carlo of the variance share per path depth in random linear ResNets."""
-    with one_cpu_thread("cpu"):  # float64 on the CPU whatever the device: small, exact bookkeeping
+    with cpu_threads("cpu"):  # float64 on the CPU whatever the device: small, exact bookkeeping
         return _run_paths(cfg)
 
 
@@ -119,7 +120,7 @@ class SkipInitVarianceConfig(ExperimentConfig):
 def run_variance(cfg: SkipInitVarianceConfig, device=None) -> Result:
     """Per-block variances of skip path, residual branch and BN moving statistics at init (Figure 4)."""
     device = get_device(device)
-    with one_cpu_thread(device):
+    with cpu_threads(device):
         return _run_variance(cfg, device)
 
 

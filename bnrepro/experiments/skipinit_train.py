@@ -29,7 +29,7 @@ from ..data import DATASETS, load_dataset, random_crop_flip
 from ..device import get_device
 from ..models import RESNET_VARIANTS, ResNet, count_parameters
 from ..provenance import provenance
-from ..skipinit_sim import one_cpu_thread
+from ..device import cpu_threads
 from ..store import Result
 from ..train import SCHEDULES, train
 from . import register
@@ -90,7 +90,7 @@ def build(cfg: _TrainConfig, num_classes: int = 10, in_channels: int = 1) -> Res
 def run(cfg: _TrainConfig, device=None) -> Result:
     """Train one residual network (one variant, depth, batch size, lr) and record the outcome."""
     device = get_device(device)
-    with one_cpu_thread(device):
+    with cpu_threads(device):
         return _run(cfg, device)
 
 
