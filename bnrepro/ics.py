@@ -48,6 +48,20 @@ def restored(model: nn.Module):
             model.load_state_dict(saved)
 
 
+@contextlib.contextmanager
+def measuring(model: nn.Module):
+    """Measure ``model`` as a training step sees it (training mode: BN uses batch
+    statistics, noise held fixed), then put back its mode, parameters, running
+    statistics and noise, so that measuring does not change the run."""
+    was = model.training
+    model.train()
+    try:
+        with restored(model), hold_noise(model):
+            yield
+    finally:
+        model.train(was)
+
+
 def cross_entropy_closure(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], torch.Tensor]:
     """``closure()`` = the mean cross-entropy of ``model`` on ``(x, y)`` at the current parameters."""
     return lambda: F.cross_entropy(model(x), y)
@@ -104,13 +118,8 @@ def ics_measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float,
     measurement) are restored, so measuring does not change the run.
     """
     groups = groups if groups is not None else layer_groups(model)
-    was = model.training
-    model.train()
-    try:
-        with restored(model), hold_noise(model):
-            return ics_from_closure(cross_entropy_closure(model, x, y), groups, lr)
-    finally:
-        model.train(was)
+    with measuring(model):
+        return ics_from_closure(cross_entropy_closure(model, x, y), groups, lr)
 
 
 class ics_callback:

@@ -27,8 +27,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from .ics import cross_entropy_closure, restored
-from .models.vgg import hold_noise
+from .ics import cross_entropy_closure, measuring
 
 #: Step sizes (absolute, in learning-rate units) along the gradient. Santurkar et al.
 #: cap the distance at 0.4 x the gradient for the standard VGG (Figure 4 caption, as we
@@ -81,13 +80,8 @@ def landscape_measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       step_sizes: Sequence[float] = DEFAULT_STEP_SIZES) -> dict:
     """The measures for ``model``'s cross-entropy on ``(x, y)`` in training mode; the model is left as it was."""
     params = [p for p in model.parameters() if p.requires_grad]
-    was = model.training
-    model.train()
-    try:
-        with restored(model), hold_noise(model):
-            return landscape_from_closure(cross_entropy_closure(model, x, y), params, step_sizes)
-    finally:
-        model.train(was)
+    with measuring(model):
+        return landscape_from_closure(cross_entropy_closure(model, x, y), params, step_sizes)
 
 
 class landscape_callback:
