@@ -7,6 +7,8 @@ VENV         := .venv
 PY           := $(VENV)/bin/python
 STAMP        := $(VENV)/.installed
 PROFILE      ?= cpu
+JOBS         ?= 1
+RUN_ARGS     ?=
 BUILD        := _build/$(PROFILE)
 HTML         := $(BUILD)/_build/html
 MATHJAX_VER  := 3.2.2
@@ -19,7 +21,8 @@ help:
 	@echo "make book    set up, then build the HTML book (PROFILE=cpu|smoke|paper, default cpu)"
 	@echo "make test    set up, then run unit tests and execute every notebook (smoke profile)"
 	@echo "make bench   training images/s: tensor-resident loop vs DataLoader loop"
-	@echo "make reproduce   run every experiment of PROFILE into results/ (resumable)"
+	@echo "make reproduce   run every experiment of PROFILE into results/ (resumable;"
+	@echo "                 JOBS=4 runs four at a time, RUN_ARGS='--executor submitit' sends them to SLURM)"
 
 # --- set-up -----------------------------------------------------------------
 
@@ -29,7 +32,7 @@ setup: $(STAMP) data
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python >= 3.10 or run make PYTHON=/path/to/python3"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[book,test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[book,test,sweep]'
 	@touch $@
 
 # Fashion-MNIST: present already (Debian package, $BNREPRO_DATA or the cache),
@@ -111,7 +114,7 @@ bench: setup
 
 reproduce: setup
 	@for exp in $$($(PY) -c "from bnrepro.experiments import list_experiments as l; print(' '.join(e.name for e in l()))"); do \
-	  $(PY) -m bnrepro run $$exp --profile $(PROFILE) || exit $$?; done
+	  $(PY) -m bnrepro run $$exp --profile $(PROFILE) --jobs $(JOBS) $(RUN_ARGS) || exit $$?; done
 
 clean: clean-book
 	rm -rf $(VENV) .mathjax _mathjax *.egg-info

@@ -3,6 +3,9 @@
     bnrepro list                               experiments and their profiles
     bnrepro run lenet --profile cpu            the chapter's whole sweep (resumable)
     bnrepro run lenet --set norm=none --set seed=3   one config
+    bnrepro run lenet --grid seed=0,1,2 --jobs 2     the sweep x 3 seeds, 2 runs at a time
+    bnrepro run lenet --nproc 2 --bn-mode sync      data-parallel over 2 processes, synchronized BN
+    bnrepro run skipinit_depth --profile paper --executor submitit   the sweep as SLURM jobs
     bnrepro data fashion-mnist [--fetch]       where the data is (or download it)
     bnrepro bench                              tensor-resident loop vs DataLoader
     bnrepro info                               versions, device, folders
@@ -12,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import sys
-import time
 
 from .config import PROFILES, ConfigError, current_profile
+from .launch import BN_MODES, WorkerError
+from .sweep import EXECUTORS
 
 
 def _parse_value(field: dataclasses.Field, text: str):
@@ -64,22 +69,80 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    from .experiments import get_experiment
-    from .store import load_or_run, results_dir
+def _grid(config_cls, pairs: list[str]) -> list[dict]:
+    """``--grid seed=0,1,2 --grid lr=0.1,1`` -> the Cartesian product as override dicts."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    axes = []
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not text:
+            raise ConfigError(f"--grid {pair!r}: write it as NAME=V1,V2,..., e.g. --grid seed=0,1,2")
+        if name not in fields:
+            raise ConfigError(f"--grid {name}: {config_cls.__name__} has no field {name!r}; "
+                              f"fields are: {', '.join(fields)}")
+        if str(fields[name].type).startswith("tuple"):
+            raise ConfigError(f"--grid {name}: tuple fields cannot be gridded; use one --set per run")
+        axes.append([(name, _parse_value(fields[name], v)) for v in text.split(",") if v])
+    return [dict(combo) for combo in itertools.product(*axes)]
 
-    exp = get_experiment(args.experiment)
+
+def _configs(exp, args) -> list:
     profile = args.profile or current_profile()
     if args.set:
         configs = [exp.config.for_profile(profile, **_overrides(exp.config, args.set))]
     else:
         configs = exp.sweep(profile)
-    print(f"{exp.name}: {len(configs)} config(s) at profile {profile!r}; results in {results_dir()}")
-    start = time.perf_counter()
-    for i, cfg in enumerate(configs, 1):
-        print(f"[{i}/{len(configs)}] ", end="")
-        load_or_run(cfg, force=args.force, device=args.device)
-    print(f"all {len(configs)} done in {time.perf_counter() - start:.1f} s")
+    if args.grid:
+        configs = [cfg.replace(**combo) for cfg in configs for combo in _grid(exp.config, args.grid)]
+    unique = {}
+    for cfg in configs:
+        unique.setdefault(cfg.hash(), cfg)
+    return list(unique.values())
+
+
+def _submitit_params(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--submitit-param {pair!r}: write it as NAME=VALUE, "
+                              "e.g. --submitit-param slurm_partition=gpu")
+        for conv in (int, float):
+            try:
+                out[name] = conv(text)
+                break
+            except ValueError:
+                continue
+        else:
+            out[name] = text
+    return out
+
+
+def cmd_run(args) -> int:
+    from .device import get_device
+    from .experiments import get_experiment
+    from .parallel import DataParallel
+    from .store import results_dir
+    from .sweep import run_sweep
+
+    exp = get_experiment(args.experiment)
+    configs = _configs(exp, args)
+    if args.executor == "local":
+        get_device(args.device)  # a bad --device is one clear error, not one failure per run
+    spec = DataParallel(args.nproc, args.bn_mode, args.ghost_batch_size)
+    if not spec.canonical().is_default and not exp.data_parallel:
+        raise ConfigError(f"--nproc/--bn-mode: experiment {exp.name!r} does not train through "
+                          "bnrepro.train.train (it measures or simulates), so there is nothing to spread")
+    where = "" if spec.canonical().is_default else f", {spec.nproc} process(es) each, BN mode {spec.bn_mode}"
+    print(f"{exp.name}: {len(configs)} config(s) at profile {args.profile or current_profile()!r}{where}; "
+          f"results in {results_dir()}")
+    report = run_sweep(configs, executor=args.executor, jobs=args.jobs, parallel=spec, device=args.device,
+                       force=args.force, cluster=args.submitit_cluster,
+                       params=_submitit_params(args.submitit_param))
+    if not report.ok:
+        print(f"bnrepro: {len(report.failed)} run(s) failed; the others are stored. Fix the cause and run "
+              "the same command again: stored runs are not repeated.", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -133,8 +196,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=PROFILES, help="default: $BNREPRO_PROFILE or cpu")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                    help="override a config field (repeatable); runs that one config only")
+    p.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
+                   help="run every config for each of these values (repeatable: Cartesian product)")
     p.add_argument("--force", action="store_true", help="recompute even if a stored result exists")
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: $BNREPRO_DEVICE or best available)")
+    g = p.add_argument_group("data parallelism (experiments that train)")
+    g.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="processes per run (gloo on the CPU, NCCL with a GPU per process); batch_size stays global")
+    g.add_argument("--bn-mode", choices=BN_MODES, default="local",
+                   help="local: per-process BN statistics (plain DDP); sync: global batch statistics; "
+                        "ghost: ghost batches of --ghost-batch-size within each process")
+    g.add_argument("--ghost-batch-size", type=int, default=32, metavar="G")
+    g = p.add_argument_group("sweeps (interrupted sweeps resume: stored runs are not repeated)")
+    g.add_argument("--jobs", type=int, default=1, metavar="J", help="runs at a time (default 1)")
+    g.add_argument("--executor", choices=EXECUTORS, default="local",
+                   help="local: this machine's processes (default); submitit: SLURM, or its local executor")
+    g.add_argument("--submitit-cluster", choices=("slurm", "local", "debug"),
+                   help="submitit's cluster (default: SLURM when available, else local)")
+    g.add_argument("--submitit-param", action="append", default=[], metavar="NAME=VALUE",
+                   help="passed to submitit's update_parameters, e.g. slurm_partition=gpu, gpus_per_node=1")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("data", help="say where a dataset is loaded from")
     p.add_argument("name", nargs="?", default="fashion-mnist")
@@ -161,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"bnrepro: error: {msg}", file=sys.stderr)
         return 2
+    except WorkerError as exc:
+        print(f"bnrepro: error: a data-parallel process failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\nbnrepro: interrupted. Finished runs are stored; run the same command again to resume.",
               file=sys.stderr)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import math
 import os
 import queue
 import socket
@@ -68,12 +69,12 @@ def _entry(fn, rank, world, port, backend, init_timeout, args, results):
         results.put(("error", rank, traceback.format_exc() + log.read()[-4000:]))
 
 
-def launch(fn, nproc: int = 2, args: tuple = (), *, timeout: float = 60.0, backend: str = "gloo",
+def launch(fn, nproc: int = 2, args: tuple = (), *, timeout: float | None = 60.0, backend: str = "gloo",
            init_timeout: float = 20.0) -> list:
     """Run ``fn(rank, world_size, *args)`` in ``nproc`` processes; returns their results by rank.
 
     ``fn`` must be importable (a module-level function). ``timeout`` bounds the
-    whole run in seconds; ``init_timeout`` is the process group's timeout (how
+    whole run in seconds (``None``: no deadline; a dead rank still ends the run); ``init_timeout`` is the process group's timeout (how
     long a collective waits for a missing peer). Raises :class:`WorkerError`
     naming the rank when a rank raises, exits without a result, or the deadline passes.
     """
@@ -84,7 +85,7 @@ def launch(fn, nproc: int = 2, args: tuple = (), *, timeout: float = 60.0, backe
     procs = [ctx.Process(target=_entry, args=(fn, r, nproc, port, backend, init_timeout, args, results),
                          daemon=True) for r in range(nproc)]
     got: dict[int, bytes] = {}
-    deadline = time.monotonic() + timeout
+    deadline = math.inf if timeout is None else time.monotonic() + timeout
     try:
         for p in procs:
             p.start()

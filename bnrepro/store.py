@@ -52,6 +52,7 @@ class Result:
     provenance: dict[str, Any]
     config_hash: str = ""
     loaded: bool = False
+    parallel: dict[str, Any] | None = None  # bnrepro.parallel.DataParallel of the run (None: one process)
 
     def __getitem__(self, key):
         return self.data[key]
@@ -59,15 +60,24 @@ class Result:
     def to_json(self) -> dict:
         return {"format": FORMAT_VERSION, "complete": True, "experiment": self.experiment,
                 "config_hash": self.config_hash, "config": self.config,
-                "provenance": self.provenance, "data": self.data}
+                "provenance": self.provenance, "data": self.data,
+                **({"parallel": self.parallel} if self.parallel is not None else {})}
 
 
 class CorruptResult(Exception):
     pass
 
 
-def path_for(cfg: ExperimentConfig, root: Path | None = None) -> Path:
-    return (root or results_dir()) / cfg.experiment / f"{config_hash(cfg)}.json"
+def _spec(parallel):
+    from .parallel import DataParallel
+
+    return (parallel or DataParallel()).canonical()
+
+
+def path_for(cfg: ExperimentConfig, root: Path | None = None, parallel=None) -> Path:
+    """``<root>/<experiment>/<config hash><tag>.json``; the tag names a data-parallel run
+    (e.g. ``-np2-sync``, see :class:`bnrepro.parallel.DataParallel`), empty for one process."""
+    return (root or results_dir()) / cfg.experiment / f"{config_hash(cfg)}{_spec(parallel).tag()}.json"
 
 
 def _jsonable(value):
@@ -83,9 +93,9 @@ def _jsonable(value):
     return value
 
 
-def save(result: Result, cfg: ExperimentConfig, root: Path | None = None) -> Path:
+def save(result: Result, cfg: ExperimentConfig, root: Path | None = None, parallel=None) -> Path:
     """Write ``result`` atomically; returns its path."""
-    path = path_for(cfg, root)
+    path = path_for(cfg, root, parallel)
     path.parent.mkdir(parents=True, exist_ok=True)
     result.config_hash = config_hash(cfg)
     text = json.dumps(_jsonable(result.to_json()), indent=1, sort_keys=True, allow_nan=False)
@@ -103,7 +113,7 @@ def save(result: Result, cfg: ExperimentConfig, root: Path | None = None) -> Pat
     return path
 
 
-def read(path: Path, cfg: ExperimentConfig | None = None) -> Result:
+def read(path: Path, cfg: ExperimentConfig | None = None, parallel=None) -> Result:
     """Parse and check a stored result; raises CorruptResult with the reason."""
     try:
         blob = json.loads(Path(path).read_text())
@@ -117,17 +127,22 @@ def read(path: Path, cfg: ExperimentConfig | None = None) -> Result:
     if cfg is not None:
         if blob["config_hash"] != config_hash(cfg) or blob["config"] != _jsonable(cfg.to_dict()):
             raise CorruptResult("made from another config")
+        spec = _spec(parallel)
+        stored = blob.get("parallel")
+        if (stored if stored is not None else _spec(None).to_dict()) != spec.to_dict():
+            raise CorruptResult(f"made with another data-parallel setting ({stored})")
     return Result(blob["experiment"], blob["config"], blob["data"], blob["provenance"],
-                  blob["config_hash"], loaded=True)
+                  blob["config_hash"], loaded=True, parallel=blob.get("parallel"))
 
 
-def load(cfg: ExperimentConfig, root: Path | None = None, verbose: bool = False) -> Result | None:
-    """The stored result of ``cfg``, or None when absent or unusable."""
-    path = path_for(cfg, root)
+def load(cfg: ExperimentConfig, root: Path | None = None, verbose: bool = False,
+         parallel=None) -> Result | None:
+    """The stored result of ``cfg`` (run under ``parallel``), or None when absent or unusable."""
+    path = path_for(cfg, root, parallel)
     if not path.exists():
         return None
     try:
-        return read(path, cfg)
+        return read(path, cfg, parallel)
     except CorruptResult as exc:
         msg = f"stored result {path} is unusable ({exc}); it will be recomputed"
         if verbose:
@@ -138,29 +153,32 @@ def load(cfg: ExperimentConfig, root: Path | None = None, verbose: bool = False)
 
 
 def load_or_run(cfg: ExperimentConfig, *, force: bool = False, device=None,
-                root: Path | None = None, verbose: bool = True) -> Result:
+                root: Path | None = None, verbose: bool = True, parallel=None) -> Result:
     """The stored result of ``cfg`` if there is a sound one, else run it and store it.
 
+    ``parallel`` (a :class:`bnrepro.parallel.DataParallel`) runs it over several
+    processes and/or with another BN mode; its result is stored apart.
     Prints which of the two happened, so a reader always knows.
     """
-    from .experiments import get_experiment
+    from .parallel import run_parallel
 
+    spec = _spec(parallel)
     if not force:
-        found = load(cfg, root, verbose=verbose)
+        found = load(cfg, root, verbose=verbose, parallel=spec)
         if found is not None:
             if verbose:
                 print(f"found stored result, loading: {cfg.experiment}/{found.config_hash} "
                       f"(run on {found.provenance.get('device', '?')}, "
                       f"{found.provenance.get('wall_time_s', float('nan')):.0f} s)")
             return found
-    run = get_experiment(cfg.experiment).run
     if verbose:
         why = "recomputing (force)" if force else "no stored result: running"
-        print(f"{why} {cfg.experiment}/{config_hash(cfg)} ...", flush=True)
+        where = "" if spec.is_default else f" over {spec.nproc} process(es), BN mode {spec.bn_mode}"
+        print(f"{why} {cfg.experiment}/{config_hash(cfg)}{spec.tag()}{where} ...", flush=True)
     start = time.perf_counter()
-    result = run(cfg, device=device)
+    result = run_parallel(cfg, spec, device=device)
     result.config_hash = config_hash(cfg)
-    path = save(result, cfg, root)
+    path = save(result, cfg, root, spec)
     if verbose:
         print(f"done in {time.perf_counter() - start:.1f} s; stored as {path.parent.name}/{path.name}")
     return result

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import parallel
 from .data import Batches, TensorData
 from .device import get_device, synchronize
 
@@ -141,6 +142,11 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
     parameters with ``requires_grad`` are optimized, so freezing is done on
     the model before calling this. ``eval_every_steps=k`` also evaluates on
     the test set at step 0, every k steps and at the end, into ``history.evals``.
+
+    Inside a data-parallel run (:mod:`bnrepro.parallel`) ``batch_size`` is the
+    global batch: each process trains on its slice of every batch under DDP,
+    with BN converted for the run's BN mode, and the history holds the global
+    batches' losses and accuracies. Callbacks then see this process's slice.
     """
     if eval_every_steps is not None and (isinstance(eval_every_steps, bool) or
                                          not isinstance(eval_every_steps, int) or eval_every_steps < 1):
@@ -152,10 +158,19 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
     device = get_device(device)
     model.to(device)
     data = data.to(device)
+    par = parallel.active()  # data-parallel run (bnrepro.parallel): BN mode, DDP, batch shards
+    forward = model
+    world = 1
+    if par is not None:
+        world = par.world_size
+        if batch_size < 2 * world:
+            raise ValueError(f"batch_size={batch_size} over {world} processes leaves fewer than 2 samples "
+                             "per process for BN; use a global batch of at least 2 per process")
+        model, forward = par.prepare(model)
     # Keep the last, smaller batch (as d2l's DataLoader does) unless it would
-    # hold a single sample, whose batch variance is zero.
+    # leave a process a single sample, whose batch variance is zero.
     batches = Batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=seed,
-                      drop_last=len(data.x_train) % batch_size == 1, augment=augment)
+                      drop_last=0 < len(data.x_train) % batch_size < 2 * world, augment=augment)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, optimizer, lr, momentum, weight_decay)
     total = epochs * len(batches) if max_steps is None else min(max_steps, epochs * len(batches))
@@ -185,17 +200,27 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
                     break
                 for group in opt.param_groups:
                     group["lr"] = lr * lr_factor(schedule, step, total, milestones, gamma, warmup_steps)
-                out = model(xb)
-                loss = F.cross_entropy(out, yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if world == 1:
+                    out = forward(xb)
+                    loss = F.cross_entropy(out, yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                else:  # this rank's slice of the global batch; DDP averages the gradients
+                    n_global, rows = len(yb), par.shard(len(yb))
+                    xb, yb = xb[rows], yb[rows]
+                    out = forward(xb)
+                    local_sum = F.cross_entropy(out, yb, reduction="sum")
+                    opt.zero_grad(set_to_none=True)
+                    # world * (sum over my rows) / N: the average over ranks is the global mean's gradient
+                    (local_sum * (world / n_global)).backward()
+                    loss = par.all_sum(local_sum)[0] / n_global  # the global batch's mean loss, on every rank
                 opt.step()
                 loss_value = loss.item()  # one sync per step: the price of catching divergence at once
                 if not math.isfinite(loss_value):
                     hist.diverged, hist.diverged_at_step = True, step
                     break
                 with torch.no_grad():
-                    loss_sum += loss.detach() * len(yb)
+                    loss_sum += loss.detach() * len(yb) if world == 1 else local_sum.detach()
                     correct += (out.argmax(1) == yb).sum()
                 seen += len(yb)
                 if step % log_every == 0:
@@ -209,6 +234,9 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
                     bar.update(1)
             synchronize(device)
             train_time += time.perf_counter() - t0 - eval_time
+            if world > 1:  # the epoch's loss and accuracy over the global batches
+                loss_sum, correct, n = par.all_sum(loss_sum, correct, torch.tensor(float(seen), device=device))
+                seen = int(n.item())
             images += seen
             if hist.diverged or seen == 0:
                 break

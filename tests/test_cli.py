@@ -57,5 +57,9 @@ def test_run_one_config_stores_it(tmp_results, capsys):
     assert len(files) == 1
     blob = json.loads(files[0].read_text())
     assert blob["config"]["n_train"] == 128 and blob["provenance"]["torch_version"]
+    assert blob["provenance"]["world_size"] == 1 and blob["parallel"]["bn_mode"] == "local"
+    mtime = files[0].stat().st_mtime_ns
+    capsys.readouterr()
     assert main(argv) == 0
-    assert "found stored result, loading" in capsys.readouterr().out
+    assert "1 of 1 run(s) already stored: loaded, not run again" in capsys.readouterr().out
+    assert files[0].stat().st_mtime_ns == mtime

@@ -23,16 +23,21 @@ class Experiment:
     run: Callable
     sweep: Callable[[str], list]
     doc: str = ""
+    data_parallel: bool = False  # trains through bnrepro.train.train: --nproc / --bn-mode apply
 
 
 _REGISTRY: dict[str, Experiment] = {}
 
 
-def register(config: type[ExperimentConfig], run: Callable, sweep: Callable | None = None) -> None:
+def register(config: type[ExperimentConfig], run: Callable, sweep: Callable | None = None, *,
+             data_parallel: bool = False) -> None:
+    """Add an experiment. ``data_parallel=True`` says that its run trains through
+    :func:`bnrepro.train.train`, so that it can run over several processes (:mod:`bnrepro.parallel`)."""
     name = config.experiment
     _REGISTRY[name] = Experiment(name, config, run,
                                  sweep or (lambda profile: [config.for_profile(profile)]),
-                                 (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else "")
+                                 (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else "",
+                                 data_parallel)
 
 
 def _load_all() -> None:

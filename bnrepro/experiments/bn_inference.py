@@ -207,7 +207,7 @@ def gap_numbers(ckpt) -> dict[str, float]:
             "std_pop": float(gaps.loc[1.0, "late accuracy std, population"])}
 
 
-register(BNInferenceConfig, run, sweep)
+register(BNInferenceConfig, run, sweep, data_parallel=True)
 
 # The chapter's claims (bnrepro.first_principles) read this module's runs; importing it
 # here registers them with the scorecard whenever the experiments are loaded.

@@ -367,5 +367,5 @@ def chapter_claims(profile: str, device=None) -> list[Claim]:
     return claims(load_groups(profile, device, verbose=False), profile)
 
 
-register(BNOnlyConfig, run, sweep)
+register(BNOnlyConfig, run, sweep, data_parallel=True)
 register_chapter("book/bn_only", "Training only BatchNorm (Frankle et al.)", 50, chapter_claims)

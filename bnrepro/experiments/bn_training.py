@@ -372,5 +372,5 @@ def sweep(profile: str) -> list[BNTrainingConfig]:
 from ._bn_training_claims import (ARM, bias_gradient_check, chapter_claims, claims,  # noqa: E402
                                   fig1_per_arm, load_sweep, quantities, ratio, runs_table, summary_row)
 
-register(BNTrainingConfig, run, sweep)
+register(BNTrainingConfig, run, sweep, data_parallel=True)
 register_chapter("book/bn_training", "BN in training (Ioffe & Szegedy)", 30, chapter_claims)

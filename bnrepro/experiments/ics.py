@@ -127,7 +127,7 @@ def sweep_noisy_bn(profile: str) -> list[NoisyBNConfig]:
     return out
 
 
-register(NoisyBNConfig, run_noisy_bn, sweep_noisy_bn)
+register(NoisyBNConfig, run_noisy_bn, sweep_noisy_bn, data_parallel=True)
 
 
 # --------------------------------------------------------------------------- ICS in a deep linear network
@@ -176,7 +176,7 @@ def sweep_dln(profile: str) -> list[DLNConfig]:
     return [DLNConfig.for_profile(profile, norm=n, seed=s) for s in seeds for n in ("bn", "none")]
 
 
-register(DLNConfig, run_dln, sweep_dln)
+register(DLNConfig, run_dln, sweep_dln, data_parallel=True)
 
 
 # --------------------------------------------------------------------------- BN noise as a regulariser
@@ -233,7 +233,7 @@ def sweep_ghost(profile: str) -> list[GhostConfig]:
             + [GhostConfig.for_profile(profile, norm="none", seed=s) for s in seeds])
 
 
-register(GhostConfig, run_ghost, sweep_ghost)
+register(GhostConfig, run_ghost, sweep_ghost, data_parallel=True)
 
 
 # --------------------------------------------------------------------------- length-direction decoupling

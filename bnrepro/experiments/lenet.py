@@ -147,5 +147,5 @@ def chapter_claims(profile: str, device=None) -> list[Claim]:
 
 ARMS = {"bn": "with BN", "bnrepro": "with BN", "none": "without BN"}
 
-register(LeNetConfig, run, sweep)
+register(LeNetConfig, run, sweep, data_parallel=True)
 register_chapter("book/lenet", "LeNet with BN (d2l)", 10, chapter_claims)

@@ -157,5 +157,5 @@ def sweep_batch(profile: str) -> list[SkipInitBatchConfig]:
             for v in BATCH_VARIANTS for b in BATCH_SIZES[profile] for lr in LR_GRID[profile]]
 
 
-register(SkipInitDepthConfig, run, sweep_depth)
-register(SkipInitBatchConfig, run, sweep_batch)
+register(SkipInitDepthConfig, run, sweep_depth, data_parallel=True)
+register(SkipInitBatchConfig, run, sweep_batch, data_parallel=True)

@@ -1,0 +1,216 @@
+"""Data-parallel training of any experiment: N processes, one BN mode.
+
+``bnrepro run lenet --nproc 2 --bn-mode sync`` (or
+``load_or_run(cfg, parallel=DataParallel(2, "sync"))``) runs the experiment
+in ``nproc`` processes joined by ``torch.distributed`` (gloo on the CPU,
+NCCL when every process has its own GPU). Inside them,
+:func:`bnrepro.train.train` -- the one training loop every experiment uses --
+sees the active :class:`Session` and
+
+* converts the model's BN layers for the BN mode: ``local`` keeps them
+  (per-device statistics, what plain DDP computes), ``sync`` makes them
+  :class:`bnrepro.sync_bn.SyncBatchNorm` (statistics of the global batch),
+  ``ghost`` makes them :class:`bnrepro.ghost.GhostBatchNorm` of
+  ``ghost_batch_size`` within each process;
+* wraps it in ``DistributedDataParallel`` (gradients averaged, rank 0's
+  buffers broadcast at every forward);
+* gives rank ``r`` the ``r``-th contiguous slice of every global batch:
+  ``batch_size`` in a config is the *global* batch, so a run over 2 processes
+  takes the same optimizer steps on the same samples as a run in one;
+* weights each rank's loss so that the averaged gradient is that of the global
+  mean loss (exact for unequal slices too), and reduces the logged loss and
+  accuracy over all ranks.
+
+Rank 0's result is stored; the result's ``parallel`` block and provenance
+record the world size, BN mode and backend. With ``nproc=1``, ``ghost`` still
+applies (ghost BN in one process) and ``sync`` equals ``local``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import time
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .config import ConfigError, require
+from .launch import BN_MODES, apply_bn_mode, launch
+
+__all__ = ["DataParallel", "Session", "active", "session", "run_parallel", "BN_MODES"]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """How a run is spread: ``nproc`` processes, BN mode, ghost batch size (``ghost`` mode only)."""
+
+    nproc: int = 1
+    bn_mode: str = "local"
+    ghost_batch_size: int = 32
+
+    def __post_init__(self):
+        require(isinstance(self.nproc, int) and not isinstance(self.nproc, bool) and self.nproc >= 1,
+                "nproc", self.nproc, "the number of processes must be an int >= 1")
+        require(self.bn_mode in BN_MODES, "bn_mode", self.bn_mode, f"must be one of {', '.join(BN_MODES)}")
+        require(isinstance(self.ghost_batch_size, int) and self.ghost_batch_size >= 2, "ghost_batch_size",
+                self.ghost_batch_size, "BN needs at least 2 samples per ghost batch")
+
+    @property
+    def is_default(self) -> bool:
+        """One process with the model's own BN: the plain run every chapter stores."""
+        return self.nproc == 1 and self.bn_mode in ("local", "sync")
+
+    def tag(self) -> str:
+        """Suffix of the result's file name: ``""`` for the plain run, e.g. ``"-np2-sync"``, ``"-np2-ghost16"``."""
+        if self.is_default:
+            return ""
+        mode = f"ghost{self.ghost_batch_size}" if self.bn_mode == "ghost" else self.bn_mode
+        return f"-np{self.nproc}-{mode}"
+
+    def canonical(self) -> "DataParallel":
+        """The same computation with one spelling: ``sync`` in one process is ``local``, and the
+        ghost batch size is kept only in ``ghost`` mode."""
+        mode = "local" if (self.nproc == 1 and self.bn_mode == "sync") else self.bn_mode
+        ghost = self.ghost_batch_size if mode == "ghost" else DataParallel.ghost_batch_size
+        return DataParallel(self.nproc, mode, ghost)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Session:
+    """The data-parallel setting of the running process (see :func:`active`)."""
+
+    spec: DataParallel
+    rank: int = 0
+    world_size: int = 1
+    device: str = "cpu"
+    backend: str | None = None
+    trained: int = 0  # train() calls that used this session
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    def prepare(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """Convert BN for the mode; returns ``(model, forward_module)`` (the DDP wrapper when distributed).
+
+        BN layers are replaced in place in their parents, so the caller's model object sees them;
+        build optimizers and collect BN modules after this.
+        """
+        self.trained += 1
+        model = apply_bn_mode(model, self.spec.bn_mode if self.distributed else self.spec.canonical().bn_mode,
+                              self.spec.ghost_batch_size)
+        if not self.distributed:
+            return model, model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model.to(self.device)
+        ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
+        return model, DDP(model, device_ids=ids)
+
+    def shard(self, n: int) -> slice:
+        """Rows of a global batch of ``n`` that this rank trains on (contiguous, sizes differ by <= 1)."""
+        base, extra = divmod(n, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
+    def all_sum(self, *values: torch.Tensor) -> list[torch.Tensor]:
+        """Sum tensors over all ranks (one all-reduce); identity in one process."""
+        if not self.distributed:
+            return list(values)
+        flat = torch.stack([v.detach().double().reshape(()) for v in values])
+        dist.all_reduce(flat)
+        return list(flat.unbind())
+
+
+_ACTIVE: contextvars.ContextVar[Session | None] = contextvars.ContextVar("bnrepro_parallel", default=None)
+
+
+def active() -> Session | None:
+    """The :class:`Session` of the running process, or None outside :func:`session`."""
+    return _ACTIVE.get()
+
+
+@contextlib.contextmanager
+def session(spec: DataParallel, rank: int = 0, world_size: int = 1, device: str = "cpu",
+            backend: str | None = None) -> Iterator[Session]:
+    """Make ``spec`` the data-parallel setting of every :func:`bnrepro.train.train` call inside."""
+    s = Session(spec, rank, world_size, str(device), backend)
+    token = _ACTIVE.set(s)
+    try:
+        yield s
+    finally:
+        _ACTIVE.reset(token)
+
+
+def plan(spec: DataParallel, device: torch.device) -> tuple[str, list[str]]:
+    """Backend and per-rank devices: gloo on the CPU; NCCL when there is a GPU per process,
+    else gloo with processes sharing GPUs (round robin) -- correct, but slower than NCCL."""
+    if device.type == "cpu":
+        return "gloo", ["cpu"] * spec.nproc
+    if device.type != "cuda":
+        raise ConfigError(f"nproc={spec.nproc} on {device.type}: data parallelism runs on the CPU or CUDA; "
+                          "use --device cpu")
+    n = torch.cuda.device_count()
+    first = device.index or 0
+    devices = [f"cuda:{(first + r) % n}" for r in range(spec.nproc)]
+    return ("nccl" if spec.nproc <= n - first else "gloo"), devices
+
+
+def _rank_main(rank: int, world: int, experiment: str, cfg, spec: DataParallel, devices: list[str],
+               backend: str):
+    from .experiments import get_experiment
+
+    device = devices[rank]
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    with session(spec, rank, world, device, backend) as s:
+        result = get_experiment(experiment).run(cfg, device=device)
+    if s.trained == 0:
+        raise ConfigError(f"experiment {experiment!r} never called bnrepro.train.train: "
+                          "there was nothing to run data-parallel")
+    return result if rank == 0 else None
+
+
+def run_parallel(cfg, spec: DataParallel, device=None, timeout: float | None = None):
+    """Run ``cfg``'s experiment under ``spec``; returns its :class:`bnrepro.store.Result` (unsaved).
+
+    ``nproc == 1`` runs in this process; more launch processes with
+    :func:`bnrepro.launch.launch` (a rank that fails or dies ends the run with
+    :class:`bnrepro.launch.WorkerError`; no deadline unless ``timeout``).
+    """
+    from .device import get_device
+    from .experiments import get_experiment
+
+    exp = get_experiment(cfg.experiment)
+    spec = spec.canonical()
+    if not exp.data_parallel and not spec.is_default:
+        raise ConfigError(f"experiment {cfg.experiment!r} does not train through bnrepro.train.train "
+                          f"(it measures or simulates), so --nproc/--bn-mode do not apply to it; "
+                          f"they apply to: {', '.join(e for e in data_parallel_experiments())}")
+    dev = get_device(device)
+    start = time.perf_counter()
+    if spec.nproc == 1:
+        with session(spec, 0, 1, str(dev)):
+            result = exp.run(cfg, device=dev)
+        backend = None
+    else:
+        backend, devices = plan(spec, dev)
+        result = launch(_rank_main, spec.nproc, (cfg.experiment, cfg, spec, devices, backend),
+                        timeout=timeout, backend=backend, init_timeout=120.0)[0]
+    result.parallel = spec.to_dict()
+    result.provenance.update(world_size=spec.nproc, bn_mode=spec.bn_mode, backend=backend,
+                             parallel_wall_time_s=round(time.perf_counter() - start, 3))
+    return result
+
+
+def data_parallel_experiments() -> list[str]:
+    from .experiments import list_experiments
+
+    return [e.name for e in list_experiments() if e.data_parallel]

@@ -1,0 +1,107 @@
+"""Data-parallel runs of an experiment (bnrepro.parallel): N processes through the one training loop.
+
+Independent truths: synchronized BN over 2 gloo processes must train exactly
+like one process on the full batch; per-device BN over 2 processes must see
+the same batch statistics (so the same training losses) as one process with
+ghost BN of half the batch.
+"""
+
+import json
+import math
+
+import pytest
+import torch
+
+from bnrepro.config import ConfigError
+from bnrepro.experiments import get_experiment
+from bnrepro.parallel import DataParallel, Session, run_parallel, session
+from bnrepro.store import load, load_or_run, path_for
+from conftest import needs_fashion_mnist
+
+
+def _lenet_cfg(**kw):
+    # 512 samples in global batches of 64: 8 steps per epoch, 2 epochs. lr 0.1, not d2l's 1.0: at 1.0
+    # float32 rounding differences (float64 vs float32 statistics) grow to 1e-5 relative in 16 steps.
+    return get_experiment("lenet").config.for_profile("smoke", n_train=512, n_test=256, batch_size=64,
+                                                      lr=0.1, **kw)
+
+
+@pytest.mark.parametrize("kwargs, field", [({"nproc": 0}, "nproc"), ({"nproc": 1.5}, "nproc"),
+                                           ({"bn_mode": "global"}, "bn_mode"),
+                                           ({"bn_mode": "ghost", "ghost_batch_size": 1}, "ghost_batch_size")])
+def test_bad_parallel_settings_name_the_field(kwargs, field):
+    with pytest.raises(ConfigError, match=f"^{field}="):
+        DataParallel(**kwargs)
+
+
+def test_tags_and_canonical_forms():
+    assert DataParallel().tag() == "" and DataParallel(1, "sync").tag() == ""  # sync alone = local
+    assert DataParallel(1, "sync").canonical() == DataParallel()
+    assert DataParallel(2, "sync", 16).canonical() == DataParallel(2, "sync")  # size only matters for ghost
+    assert DataParallel(2, "sync").tag() == "-np2-sync"
+    assert DataParallel(4, "local").tag() == "-np4-local"
+    assert DataParallel(1, "ghost", 16).tag() == "-np1-ghost16"
+
+
+@pytest.mark.parametrize("n, world", [(64, 2), (63, 2), (10, 3), (7, 4), (5, 5)])
+def test_shards_cover_the_batch_once(n, world):
+    rows = [Session(DataParallel(world), rank=r, world_size=world).shard(n) for r in range(world)]
+    assert [s.start for s in rows] == [0] + [s.stop for s in rows[:-1]]
+    assert rows[-1].stop == n
+    assert max(s.stop - s.start for s in rows) - min(s.stop - s.start for s in rows) <= 1
+
+
+def test_too_small_a_global_batch_is_refused_before_any_process_group_is_needed():
+    from bnrepro.data import TensorData
+    from bnrepro.train import train
+
+    data = TensorData("toy", torch.randn(12, 3), torch.zeros(12, dtype=torch.long), torch.randn(4, 3),
+                      torch.zeros(4, dtype=torch.long), ["a", "b"], "test", (0.0,), (1.0,))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    with session(DataParallel(4, "sync"), rank=0, world_size=4):
+        with pytest.raises(ValueError, match="batch_size=6 over 4 processes"):
+            train(model, data, batch_size=6, device="cpu")
+
+
+def test_experiments_that_do_not_train_refuse_nproc(tmp_results):
+    cfg = get_experiment("skipinit_paths").config.for_profile("smoke")
+    with pytest.raises(ConfigError, match="does not train through bnrepro.train.train"):
+        run_parallel(cfg, DataParallel(2, "sync"))
+
+
+def _epochs(result):
+    return result["history"]["epochs"]
+
+
+@needs_fashion_mnist
+def test_sync_bn_over_two_processes_trains_like_one_process(tmp_results):
+    cfg = _lenet_cfg()
+    one = load_or_run(cfg, device="cpu", verbose=False)
+    two = load_or_run(cfg, device="cpu", verbose=False, parallel=DataParallel(2, "sync"))
+    assert len(_epochs(one)) == len(_epochs(two)) == 2
+    for a, b in zip(_epochs(one), _epochs(two)):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+        assert b["train_acc"] == pytest.approx(a["train_acc"], abs=2 / 512)  # at most 2 argmax ties flip
+        assert b["test_acc"] == pytest.approx(a["test_acc"], abs=2 / 256)
+    steps_one = dict(map(tuple, one["history"]["steps"]))
+    for step, loss in two["history"]["steps"]:
+        assert loss == pytest.approx(steps_one[step], rel=1e-5)
+    # The store keeps both, apart, and records how the second was run.
+    assert path_for(cfg, parallel=DataParallel(2, "sync")).name.endswith("-np2-sync.json")
+    blob = json.loads(path_for(cfg, parallel=DataParallel(2, "sync")).read_text())
+    assert blob["parallel"] == {"nproc": 2, "bn_mode": "sync", "ghost_batch_size": 32}
+    assert blob["provenance"]["world_size"] == 2 and blob["provenance"]["backend"] == "gloo"
+    assert load(cfg, parallel=DataParallel(2, "local")) is None  # another setting is not confused with it
+
+
+@needs_fashion_mnist
+def test_per_device_bn_over_two_processes_is_ghost_bn_of_half_the_batch(tmp_results):
+    cfg = _lenet_cfg()
+    local = load_or_run(cfg, device="cpu", verbose=False, parallel=DataParallel(2, "local"))
+    ghost = load_or_run(cfg, device="cpu", verbose=False, parallel=DataParallel(1, "ghost", 32))
+    full = load_or_run(cfg, device="cpu", verbose=False)
+    for a, b, c in zip(_epochs(local), _epochs(ghost), _epochs(full)):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["train_acc"] == pytest.approx(b["train_acc"], abs=2 / 512)
+        # ... and it is not the full-batch run: the check can tell the two apart.
+        assert not math.isclose(a["train_loss"], c["train_loss"], rel_tol=1e-4)
