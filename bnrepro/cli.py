@@ -65,7 +65,8 @@ def cmd_list(args) -> int:
 
     for exp in list_experiments():
         sizes = ", ".join(f"{p}: {len(exp.sweep(p))} run(s)" for p in PROFILES)
-        print(f"{exp.name:<16} {exp.doc}\n{'':<16} {sizes}")
+        parallel = "; runs data-parallel (--nproc)" if exp.data_parallel else ""
+        print(f"{exp.name:<16} {exp.doc}\n{'':<16} {sizes}{parallel}")
     return 0
 
 
