@@ -483,3 +483,13 @@ def bn_speed(shape=(64, 32, 28, 28), repeats: int = 30, warmup: int = 5,
     ours, ref = (statistics.median(times[k]) * 1e3 for k in ("ours", "torch"))
     return {"shape": tuple(shape), "ours_ms": ours, "torch_ms": ref, "ratio": ours / ref,
             "threads": torch.get_num_threads(), "device": str(device)}
+
+
+def __getattr__(name: str):
+    """Ghost BN is a mode of this module's :class:`BatchNorm` that lives in :mod:`bnrepro.ghost`
+    (it builds on this module); ``from bnrepro.norm import GhostBatchNorm`` works too."""
+    if name in ("GhostBatchNorm", "convert_ghost_batchnorm"):
+        from . import ghost
+
+        return getattr(ghost, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -163,7 +163,7 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
     world = 1
     if par is not None:
         world = par.world_size
-        if batch_size < 2 * world:
+        if world > 1 and batch_size < 2 * world:
             raise ValueError(f"batch_size={batch_size} over {world} processes leaves fewer than 2 samples "
                              "per process for BN; use a global batch of at least 2 per process")
         model, forward = par.prepare(model)

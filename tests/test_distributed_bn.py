@@ -26,6 +26,14 @@ def _batch(n, seed=0):
 
 
 # --------------------------------------------------------------------------- ghost BN, one process
+def test_ghost_bn_is_reachable_from_norm():
+    from bnrepro import norm
+
+    assert norm.GhostBatchNorm is GhostBatchNorm and issubclass(GhostBatchNorm, norm.BatchNorm)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        norm.Nope
+
+
 def test_ghost_chunks():
     assert ghost_chunks(10, 4) == [4, 4, 2]
     assert ghost_chunks(9, 4) == [4, 5]  # a 1-sample chunk is merged
