@@ -5,6 +5,7 @@
     bnrepro run lenet --set norm=none --set seed=3   one config
     bnrepro run lenet --grid seed=0,1,2 --jobs 2     the sweep x 3 seeds, 2 runs at a time
     bnrepro run lenet --nproc 2 --bn-mode sync      data-parallel over 2 processes, synchronized BN
+    torchrun --nnodes 2 --nproc-per-node 4 ... -m bnrepro run lenet --bn-mode sync   over machines
     bnrepro run skipinit_depth --profile paper --executor submitit   the sweep as SLURM jobs
     bnrepro data fashion-mnist [--fetch]       where the data is (or download it)
     bnrepro bench                              tensor-resident loop vs DataLoader
@@ -122,12 +123,19 @@ def _submitit_params(pairs: list[str]) -> dict:
 def cmd_run(args) -> int:
     from .device import get_device
     from .experiments import get_experiment
-    from .parallel import DataParallel
+    from .parallel import DataParallel, run_torchrun, torchrun_world
     from .store import results_dir
     from .sweep import run_sweep
 
     exp = get_experiment(args.experiment)
     configs = _configs(exp, args)
+    if torchrun_world() is not None:  # one of torchrun's processes: join them, run the configs in turn
+        if args.executor != "local" or args.jobs != 1:
+            raise ConfigError("under torchrun, runs go one after another over torchrun's processes; "
+                              "leave --executor and --jobs out")
+        run_torchrun(configs, DataParallel(args.nproc, args.bn_mode, args.ghost_batch_size),
+                     device=args.device, force=args.force)
+        return 0
     if args.executor == "local":
         get_device(args.device)  # a bad --device is one clear error, not one failure per run
     spec = DataParallel(args.nproc, args.bn_mode, args.ghost_batch_size)

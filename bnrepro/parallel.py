@@ -22,7 +22,9 @@ sees the active :class:`Session` and
   accuracy over all ranks.
 
 Rank 0's result is stored; the result's ``parallel`` block and provenance
-record the world size, BN mode and backend. With ``nproc=1``, ``ghost`` still
+record the world size, BN mode and backend. Under ``torchrun`` (several
+machines), ``bnrepro run`` joins torchrun's processes instead of starting its
+own (:func:`run_torchrun`). With ``nproc=1``, ``ghost`` still
 applies (ghost BN in one process) and ``sync`` equals ``local``.
 """
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import os
 import time
 from typing import Iterator
 
@@ -41,7 +44,8 @@ from torch import nn
 from .config import ConfigError, require
 from .launch import BN_MODES, apply_bn_mode, launch
 
-__all__ = ["DataParallel", "Session", "active", "session", "run_parallel", "BN_MODES"]
+__all__ = ["DataParallel", "Session", "active", "session", "run_parallel", "run_torchrun", "torchrun_world",
+           "BN_MODES"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +212,79 @@ def run_parallel(cfg, spec: DataParallel, device=None, timeout: float | None = N
     result.provenance.update(world_size=spec.nproc, bn_mode=spec.bn_mode, backend=backend,
                              parallel_wall_time_s=round(time.perf_counter() - start, 3))
     return result
+
+
+def torchrun_world() -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` when this process is one of several started by
+    ``torchrun`` (its ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` variables), else None."""
+    try:
+        world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+    except (KeyError, ValueError):
+        return None
+    return (rank, world, local) if world > 1 else None
+
+
+def run_torchrun(configs, spec: DataParallel, device=None, force: bool = False, root=None, log=print) -> int:
+    """Run ``configs`` one after another as this rank of a ``torchrun`` job (several machines too).
+
+    ``torchrun --nnodes 2 --nproc-per-node 4 ... -m bnrepro run lenet --bn-mode sync``: the
+    world size comes from torchrun; ranks join with ``env://``, NCCL on GPUs (rank ``r`` on
+    ``cuda:LOCAL_RANK``), gloo on CPUs. Rank 0 decides what is already stored and stores
+    the results, so only rank 0 needs the results folder. Returns how many runs were made.
+    """
+    from .device import get_device
+    from .experiments import get_experiment
+    from .store import config_hash, load, save
+
+    rank, world, local = torchrun_world() or (0, 1, 0)
+    if world == 1:
+        raise ConfigError("run_torchrun: not started by torchrun with more than one process")
+    if spec.nproc not in (1, world):
+        raise ConfigError(f"nproc={spec.nproc}: under torchrun the number of processes is torchrun's "
+                          f"({world}); leave --nproc out")
+    spec = DataParallel(world, spec.bn_mode, spec.ghost_batch_size).canonical()
+    dev = get_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local % torch.cuda.device_count())
+        torch.cuda.set_device(dev)
+        backend = "nccl"
+    elif dev.type == "cpu":
+        backend = "gloo"
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+    else:
+        raise ConfigError(f"device {dev}: data parallelism runs on the CPU or CUDA; use --device cpu or cuda")
+    for cfg in configs:
+        if not get_experiment(cfg.experiment).data_parallel:
+            raise ConfigError(f"experiment {cfg.experiment!r} does not train through bnrepro.train.train, "
+                              "so there is nothing to run data-parallel")
+    say = log if rank == 0 else (lambda *a, **k: None)
+    dist.init_process_group(backend)  # env:// from torchrun
+    ran = 0
+    try:
+        for i, cfg in enumerate(configs, 1):
+            key = f"{cfg.experiment}/{config_hash(cfg)}{spec.tag()}"
+            stored = [not force and load(cfg, root, parallel=spec) is not None] if rank == 0 else [None]
+            dist.broadcast_object_list(stored, src=0)  # every rank does what rank 0 found
+            if stored[0]:
+                say(f"[{i}/{len(configs)}] found stored result, loading: {key}")
+                continue
+            say(f"[{i}/{len(configs)}] running {key} over {world} torchrun processes ({backend}) ...", flush=True)
+            start = time.perf_counter()
+            with session(spec, rank, world, str(dev), backend):
+                result = get_experiment(cfg.experiment).run(cfg, device=dev)
+            if rank == 0:
+                result.parallel = spec.to_dict()
+                result.provenance.update(world_size=world, bn_mode=spec.bn_mode, backend=backend,
+                                         launcher="torchrun",
+                                         parallel_wall_time_s=round(time.perf_counter() - start, 3))
+                path = save(result, cfg, root, spec)
+                say(f"done in {time.perf_counter() - start:.1f} s; stored as {path.parent.name}/{path.name}")
+            ran += 1
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return ran
 
 
 def data_parallel_experiments() -> list[str]:

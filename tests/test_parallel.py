@@ -105,3 +105,34 @@ def test_per_device_bn_over_two_processes_is_ghost_bn_of_half_the_batch(tmp_resu
         assert a["train_acc"] == pytest.approx(b["train_acc"], abs=2 / 512)
         # ... and it is not the full-batch run: the check can tell the two apart.
         assert not math.isclose(a["train_loss"], c["train_loss"], rel_tol=1e-4)
+
+
+@needs_fashion_mnist
+def test_torchrun_processes_store_what_nproc_stores(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    args = ["run", "lenet", "--profile", "smoke", "--set", "n_train=512", "--set", "n_test=256",
+            "--set", "batch_size=64", "--set", "lr=0.1", "--bn-mode", "sync", "--device", "cpu"]
+    env = dict(os.environ, BNREPRO_RESULTS=str(tmp_path / "torchrun"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "bnrepro", *args]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "found stored result" in again.stdout, again.stdout + again.stderr
+
+    spec = DataParallel(2, "sync")
+    cfg = _lenet_cfg()
+    from bnrepro.store import read
+
+    via_torchrun = read(path_for(cfg, tmp_path / "torchrun", spec), cfg, spec)
+    assert via_torchrun.provenance["launcher"] == "torchrun" and via_torchrun.provenance["world_size"] == 2
+    monkeypatch.setenv("BNREPRO_RESULTS", str(tmp_path / "nproc"))
+    via_nproc = load_or_run(cfg, device="cpu", verbose=False, parallel=spec)
+    for a, b in zip(_epochs(via_torchrun), _epochs(via_nproc)):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["test_acc"] == b["test_acc"]
