@@ -246,9 +246,11 @@ def run_torchrun(configs, spec: DataParallel, device=None, force: bool = False, 
     spec = DataParallel(world, spec.bn_mode, spec.ghost_batch_size).canonical()
     dev = get_device(device)
     if dev.type == "cuda":
-        dev = torch.device("cuda", local % torch.cuda.device_count())
+        n = torch.cuda.device_count()
+        dev = torch.device("cuda", local % n)
         torch.cuda.set_device(dev)
-        backend = "nccl"
+        # NCCL refuses two processes on one GPU: processes sharing GPUs talk over gloo (see plan()).
+        backend = "nccl" if int(os.environ.get("LOCAL_WORLD_SIZE", world)) <= n else "gloo"
     elif dev.type == "cpu":
         backend = "gloo"
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
