@@ -123,7 +123,7 @@ def _submitit_params(pairs: list[str]) -> dict:
 def cmd_run(args) -> int:
     from .device import get_device
     from .experiments import get_experiment
-    from .parallel import DataParallel, run_torchrun, torchrun_world
+    from .parallel import DataParallel, plan, run_torchrun, torchrun_world
     from .store import results_dir
     from .sweep import run_sweep
 
@@ -142,6 +142,8 @@ def cmd_run(args) -> int:
     if not spec.canonical().is_default and not exp.data_parallel:
         raise ConfigError(f"--nproc/--bn-mode: experiment {exp.name!r} does not train through "
                           "bnrepro.train.train (it measures or simulates), so there is nothing to spread")
+    if spec.nproc > 1 and args.executor == "local":
+        plan(spec, get_device(args.device))  # e.g. --device mps: one clear error, not one per run
     where = "" if spec.canonical().is_default else f", {spec.nproc} process(es) each, BN mode {spec.bn_mode}"
     print(f"{exp.name}: {len(configs)} config(s) at profile {args.profile or current_profile()!r}{where}; "
           f"results in {results_dir()}")
@@ -195,7 +197,7 @@ def cmd_info(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bnrepro", description=__doc__,
+    parser = argparse.ArgumentParser(prog="bnrepro", description=__doc__.replace("``", ""),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -215,12 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bn-mode", choices=BN_MODES, default="local",
                    help="local: per-process BN statistics (plain DDP); sync: global batch statistics; "
                         "ghost: ghost batches of --ghost-batch-size within each process")
-    g.add_argument("--ghost-batch-size", type=int, default=32, metavar="G")
+    g.add_argument("--ghost-batch-size", type=int, default=32, metavar="G",
+                   help="samples per ghost batch with --bn-mode ghost (default 32)")
     g = p.add_argument_group("sweeps (interrupted sweeps resume: stored runs are not repeated)")
-    g.add_argument("--jobs", type=int, default=1, metavar="J", help="runs at a time (default 1)")
+    g.add_argument("--jobs", type=int, default=1, metavar="J",
+                   help="runs at a time (default 1); with --nproc N that is J x N processes")
     g.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local: this machine's processes (default); submitit: SLURM, or its local executor")
-    g.add_argument("--submitit-cluster", choices=("slurm", "local", "debug"),
+    g.add_argument("--submitit-cluster", choices=("slurm", "local"),
                    help="submitit's cluster (default: SLURM when available, else local)")
     g.add_argument("--submitit-param", action="append", default=[], metavar="NAME=VALUE",
                    help="passed to submitit's update_parameters, e.g. slurm_partition=gpu, gpus_per_node=1")

@@ -48,6 +48,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .norm import BatchNorm
+
 __all__ = ["BN_INITS", "FREEZINGS", "Trainable", "apply_freezing", "batchnorm_layers",
            "batchnorm_parameter_names", "bn_gammas", "init_batchnorm", "output_layer_names",
            "train_all", "train_only_bn", "train_only_output", "train_random_per_channel"]
@@ -56,7 +58,7 @@ __all__ = ["BN_INITS", "FREEZINGS", "Trainable", "apply_freezing", "batchnorm_la
 # --------------------------------------------------------------------------- BN layers
 def _is_batchnorm(module: nn.Module) -> bool:
     """PyTorch BN or the book's own :class:`bnrepro.norm.BatchNorm`, with affine parameters."""
-    is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm) or type(module).__name__ == "BatchNorm"
+    is_bn = isinstance(module, (nn.modules.batchnorm._BatchNorm, BatchNorm))  # incl. ghost and sync BN
     return is_bn and isinstance(getattr(module, "weight", None), nn.Parameter)
 
 

@@ -81,14 +81,19 @@ def launch(fn, nproc: int = 2, args: tuple = (), *, timeout: float | None = 60.0
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the children
     procs = [ctx.Process(target=_entry, args=(fn, r, nproc, port, backend, init_timeout, args, results),
                          daemon=True) for r in range(nproc)]
     got: dict[int, bytes] = {}
     deadline = math.inf if timeout is None else time.monotonic() + timeout
+    omp = os.environ.get("OMP_NUM_THREADS")
     try:
-        for p in procs:
-            p.start()
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the children, not kept by us
+        try:
+            for p in procs:
+                p.start()
+        finally:
+            if omp is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
         dead_since: dict[int, float] = {}
         while len(got) < nproc:
             try:

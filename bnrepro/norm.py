@@ -409,8 +409,9 @@ def rebuild_batchnorm(bn: nn.Module, cls: type, **extra) -> nn.Module:
 
 
 def is_plain_batchnorm(m: nn.Module) -> bool:
-    """``nn.BatchNorm1d/2d`` or a full-mode :class:`BatchNorm` (not a subclass such as ghost BN)."""
-    return isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) or (type(m) is BatchNorm and m.mode == "full")
+    """``nn.BatchNorm1d/2d`` or a full-mode :class:`BatchNorm` -- exactly those types, not subclasses
+    (a model's own ghost or noisy BN is not plain BN, and converting it would change the model)."""
+    return type(m) in (nn.BatchNorm1d, nn.BatchNorm2d) or (type(m) is BatchNorm and m.mode == "full")
 
 
 def convert_batchnorm(model: nn.Module) -> nn.Module:

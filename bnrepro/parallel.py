@@ -108,15 +108,28 @@ class Session:
         build optimizers and collect BN modules after this.
         """
         self.trained += 1
-        model = apply_bn_mode(model, self.spec.bn_mode if self.distributed else self.spec.canonical().bn_mode,
-                              self.spec.ghost_batch_size)
+        mode = self.spec.bn_mode if self.distributed else self.spec.canonical().bn_mode
+        model = apply_bn_mode(model, mode, self.spec.ghost_batch_size)
+        if mode != "local":
+            _check_converted(model, mode)
         if not self.distributed:
             return model, model
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model.to(self.device)
         ids = [torch.device(self.device).index] if self.device.startswith("cuda") else None
-        return model, DDP(model, device_ids=ids)
+        ddp = DDP(model, device_ids=ids)  # broadcasts rank 0's parameters and buffers
+        if self.rank > 0:
+            # The model is now rank 0's; from here on each rank draws its own random numbers
+            # (noise layers, dropout) for its own samples, as one process does for the whole batch.
+            # The batches come from their own seeded generator, the same on every rank.
+            torch.manual_seed(torch.initial_seed() + self.rank)
+        return model, ddp
+
+    @property
+    def per_device_bn(self) -> bool:
+        """BN statistics from this process's rows only (``local`` or ``ghost`` over several processes)."""
+        return self.distributed and self.spec.bn_mode != "sync"
 
     def shard(self, n: int) -> slice:
         """Rows of a global batch of ``n`` that this rank trains on (contiguous, sizes differ by <= 1)."""
@@ -131,6 +144,21 @@ class Session:
         flat = torch.stack([v.detach().double().reshape(()) for v in values])
         dist.all_reduce(flat)
         return list(flat.unbind())
+
+
+def _check_converted(model: nn.Module, mode: str) -> None:
+    """Refuse BN layers that ``mode`` could not convert (a model's own ghost or noisy BN): left
+    alone they would silently keep their own statistics, so the run would not be what it says."""
+    from .ghost import GhostBatchNorm
+    from .norm import BatchNorm
+    from .sync_bn import SyncBatchNorm
+
+    target = SyncBatchNorm if mode == "sync" else GhostBatchNorm
+    odd = sorted({type(m).__name__ for m in model.modules()
+                  if isinstance(m, (nn.modules.batchnorm._BatchNorm, BatchNorm)) and type(m) is not target})
+    if odd:
+        raise ConfigError(f"bn_mode={mode!r}: the model has BN layers of its own kind ({', '.join(odd)}) that "
+                          f"this mode cannot convert; run this config with --bn-mode local")
 
 
 _ACTIVE: contextvars.ContextVar[Session | None] = contextvars.ContextVar("bnrepro_parallel", default=None)
@@ -208,10 +236,18 @@ def run_parallel(cfg, spec: DataParallel, device=None, timeout: float | None = N
         backend, devices = plan(spec, dev)
         result = launch(_rank_main, spec.nproc, (cfg.experiment, cfg, spec, devices, backend),
                         timeout=timeout, backend=backend, init_timeout=120.0)[0]
+    if exp.data_parallel:  # the others (measurements, simulations) keep their own provenance
+        _stamp(result, spec, backend, time.perf_counter() - start)
+    return result
+
+
+def _stamp(result, spec: DataParallel, backend: str | None, seconds: float, **extra) -> None:
+    """Record how a training run was spread: in ``result.parallel`` and its provenance."""
     result.parallel = spec.to_dict()
     result.provenance.update(world_size=spec.nproc, bn_mode=spec.bn_mode, backend=backend,
-                             parallel_wall_time_s=round(time.perf_counter() - start, 3))
-    return result
+                             parallel_wall_time_s=round(seconds, 3), **extra)
+    if spec.nproc > 1:
+        result.provenance["callbacks_saw"] = "rank 0's slice of each global batch"
 
 
 def torchrun_world() -> tuple[int, int, int] | None:
@@ -253,7 +289,7 @@ def run_torchrun(configs, spec: DataParallel, device=None, force: bool = False, 
         backend = "nccl" if int(os.environ.get("LOCAL_WORLD_SIZE", world)) <= n else "gloo"
     elif dev.type == "cpu":
         backend = "gloo"
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world))))
+        torch.set_num_threads(1)  # as bnrepro.launch does: one intra-op thread per process
     else:
         raise ConfigError(f"device {dev}: data parallelism runs on the CPU or CUDA; use --device cpu or cuda")
     for cfg in configs:
@@ -276,10 +312,7 @@ def run_torchrun(configs, spec: DataParallel, device=None, force: bool = False, 
             with session(spec, rank, world, str(dev), backend):
                 result = get_experiment(cfg.experiment).run(cfg, device=dev)
             if rank == 0:
-                result.parallel = spec.to_dict()
-                result.provenance.update(world_size=world, bn_mode=spec.bn_mode, backend=backend,
-                                         launcher="torchrun",
-                                         parallel_wall_time_s=round(time.perf_counter() - start, 3))
+                _stamp(result, spec, backend, time.perf_counter() - start, launcher="torchrun")
                 path = save(result, cfg, root, spec)
                 say(f"done in {time.perf_counter() - start:.1f} s; stored as {path.parent.name}/{path.name}")
             ran += 1

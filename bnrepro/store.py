@@ -167,7 +167,7 @@ def load_or_run(cfg: ExperimentConfig, *, force: bool = False, device=None,
         found = load(cfg, root, verbose=verbose, parallel=spec)
         if found is not None:
             if verbose:
-                print(f"found stored result, loading: {cfg.experiment}/{found.config_hash} "
+                print(f"found stored result, loading: {cfg.experiment}/{found.config_hash}{spec.tag()} "
                       f"(run on {found.provenance.get('device', '?')}, "
                       f"{found.provenance.get('wall_time_s', float('nan')):.0f} s)")
             return found

@@ -145,9 +145,11 @@ def _pool(todo, report, jobs, parallel, device, force, root, log):
                 except Exception as exc:  # noqa: BLE001
                     report.failed[key] = f"{type(exc).__name__}: {exc}"
                     log(f"[{i}/{len(todo)}] failed {key}: {type(exc).__name__}: {exc}")
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
+        except BaseException:  # Ctrl-C: no more runs, and end the ones in progress (not stored)
+            workers = list(getattr(pool, "_processes", {}).values())  # no public handle on them
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in workers:
+                proc.terminate()
             raise
 
 

@@ -161,16 +161,21 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
     par = parallel.active()  # data-parallel run (bnrepro.parallel): BN mode, DDP, batch shards
     forward = model
     world = 1
+    per_device_bn = par is not None and par.per_device_bn
     if par is not None:
         world = par.world_size
-        if world > 1 and batch_size < 2 * world:
+        if per_device_bn and batch_size < 2 * world:
             raise ValueError(f"batch_size={batch_size} over {world} processes leaves fewer than 2 samples "
-                             "per process for BN; use a global batch of at least 2 per process")
+                             "per process for per-device BN; use a global batch of at least 2 per process "
+                             "(or bn_mode='sync')")
         model, forward = par.prepare(model)
-    # Keep the last, smaller batch (as d2l's DataLoader does) unless it would
-    # leave a process a single sample, whose batch variance is zero.
+    # Keep the last, smaller batch (as d2l's DataLoader does) unless its batch
+    # statistics would come from a single sample (variance zero). Per-device BN
+    # needs 2 samples on every process, so it also drops a last batch of fewer
+    # than 2 per process; synchronized BN takes the same steps as one process.
+    last = len(data.x_train) % batch_size
     batches = Batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=seed,
-                      drop_last=0 < len(data.x_train) % batch_size < 2 * world, augment=augment)
+                      drop_last=0 < last < 2 * world if per_device_bn else last == 1, augment=augment)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, optimizer, lr, momentum, weight_decay)
     total = epochs * len(batches) if max_steps is None else min(max_steps, epochs * len(batches))

@@ -58,7 +58,7 @@ def test_too_small_a_global_batch_is_refused_before_any_process_group_is_needed(
     data = TensorData("toy", torch.randn(12, 3), torch.zeros(12, dtype=torch.long), torch.randn(4, 3),
                       torch.zeros(4, dtype=torch.long), ["a", "b"], "test", (0.0,), (1.0,))
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
-    with session(DataParallel(4, "sync"), rank=0, world_size=4):
+    with session(DataParallel(4, "local"), rank=0, world_size=4):  # per-device BN needs 2 per process
         with pytest.raises(ValueError, match="batch_size=6 over 4 processes"):
             train(model, data, batch_size=6, device="cpu")
 
@@ -136,3 +136,84 @@ def test_torchrun_processes_store_what_nproc_stores(tmp_path, monkeypatch):
     for a, b in zip(_epochs(via_torchrun), _epochs(via_nproc)):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
         assert a["test_acc"] == b["test_acc"]
+
+
+# --------------------------------------------------------------------------- uneven batches, odd BN, provenance
+def _toy_run(n_train=23, batch_size=7, seed=0):
+    from bnrepro.data import TensorData
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_train + 8, 5, generator=g)
+    y = (x[:, 0] > 0).long()
+    data = TensorData("toy", x[:n_train], y[:n_train], x[n_train:], y[n_train:], ["a", "b"], "generated",
+                      (0.0,), (1.0,))
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(),
+                                torch.nn.Linear(6, 2))
+    return model, data
+
+
+def _toy_rank(rank, world, mode, n_train, batch_size):
+    from bnrepro.train import train
+
+    model, data = _toy_run(n_train, batch_size)
+    with session(DataParallel(world, mode), rank, world, "cpu", "gloo"):
+        hist = train(model, data, epochs=2, batch_size=batch_size, lr=0.1, device="cpu")
+    return hist.total_steps, [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("world, n_train", [(2, 23), (3, 23)])  # last batch of 2: shards 1+1, and 1+1+0
+def test_sync_bn_takes_one_process_steps_even_with_a_ragged_last_batch(world, n_train):
+    from bnrepro.launch import launch
+    from bnrepro.train import train
+
+    model, data = _toy_run(n_train, 7)
+    one = train(model, data, epochs=2, batch_size=7, lr=0.1, device="cpu")
+    ranks = launch(_toy_rank, world, ("sync", n_train, 7), timeout=120)
+    assert one.total_steps == 8 and all(steps == 8 for steps, _ in ranks)  # 4 batches per epoch
+    for steps, params in ranks:
+        for a, b in zip(params, model.parameters()):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_per_device_bn_drops_a_last_batch_too_small_for_every_process():
+    from bnrepro.launch import launch
+
+    ranks = launch(_toy_rank, 2, ("local", 23, 7), timeout=120)  # last batch 2 < 2 per process
+    assert [steps for steps, _ in ranks] == [6, 6]  # 3 batches per epoch, not 4
+
+
+def test_bn_modes_refuse_a_model_with_bn_of_its_own_kind():
+    from bnrepro.models.vgg import NoisyVGG
+
+    for mode in ("ghost", "sync"):
+        model = NoisyVGG(norm="ghost", ghost_batch_size=4)
+        with pytest.raises(ConfigError, match="BN layers of its own kind .*GhostBatchNorm"):
+            Session(DataParallel(2 if mode == "sync" else 1, mode), world_size=1).prepare(model)
+    plain = NoisyVGG(norm="bn")  # plain BN converts, and the BN layers stay visible to bnrepro.freeze
+    from bnrepro.freeze import batchnorm_layers
+
+    n = len(batchnorm_layers(plain))
+    Session(DataParallel(1, "ghost", 4)).prepare(plain)
+    assert n > 0 and len(batchnorm_layers(plain)) == n
+
+
+def test_measurements_keep_their_own_provenance(tmp_results, monkeypatch):
+    import dataclasses
+
+    from bnrepro import experiments
+    from bnrepro.config import ExperimentConfig
+    from bnrepro.store import Result
+
+    @dataclasses.dataclass(frozen=True)
+    class StubConfig(ExperimentConfig):
+        experiment = "stub_measurement"
+        x: int = 0
+
+    def run(cfg, device=None):
+        return Result(cfg.experiment, cfg.to_dict(), {"x": 1}, {"world_size": 2, "backend": "gloo"})
+
+    monkeypatch.setitem(experiments._REGISTRY, "stub_measurement",
+                        experiments.Experiment("stub_measurement", StubConfig, run, lambda p: [StubConfig()]))
+    result = load_or_run(StubConfig(), verbose=False)
+    assert result.provenance == {"world_size": 2, "backend": "gloo"} and result.parallel is None
