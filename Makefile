@@ -80,7 +80,7 @@ $(MATHJAX):
 BOOK_INPUTS := $(shell find bnrepro results -type f -not -path '*/__pycache__/*' 2>/dev/null)
 $(BUILD)/.inputs: $(BOOK_INPUTS)
 	@mkdir -p $(BUILD)
-	@rm -rf $(BUILD)/_build/.jupyter_cache
+	@rm -rf $(BUILD)/_build/.jupyter_cache $(BUILD)/_build/.doctrees  # re-execute and re-read every chapter
 	@touch $@
 
 book: setup mathjax $(BUILD)/.inputs
