@@ -123,7 +123,7 @@ def _submitit_params(pairs: list[str]) -> dict:
 def cmd_run(args) -> int:
     from .device import get_device
     from .experiments import get_experiment
-    from .parallel import DataParallel, plan, run_torchrun, torchrun_world
+    from .parallel import DataParallel, plan, require_data_parallel, run_torchrun, torchrun_world
     from .store import results_dir
     from .sweep import run_sweep
 
@@ -139,9 +139,7 @@ def cmd_run(args) -> int:
     if args.executor == "local":
         get_device(args.device)  # a bad --device is one clear error, not one failure per run
     spec = DataParallel(args.nproc, args.bn_mode, args.ghost_batch_size)
-    if not spec.canonical().is_default and not exp.data_parallel:
-        raise ConfigError(f"--nproc/--bn-mode: experiment {exp.name!r} does not train through "
-                          "bnrepro.train.train (it measures or simulates), so there is nothing to spread")
+    require_data_parallel(exp, spec)
     if spec.nproc > 1 and args.executor == "local":
         plan(spec, get_device(args.device))  # e.g. --device mps: one clear error, not one per run
     where = "" if spec.canonical().is_default else f", {spec.nproc} process(es) each, BN mode {spec.bn_mode}"

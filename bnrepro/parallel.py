@@ -222,10 +222,7 @@ def run_parallel(cfg, spec: DataParallel, device=None, timeout: float | None = N
 
     exp = get_experiment(cfg.experiment)
     spec = spec.canonical()
-    if not exp.data_parallel and not spec.is_default:
-        raise ConfigError(f"experiment {cfg.experiment!r} does not train through bnrepro.train.train "
-                          f"(it measures or simulates), so --nproc/--bn-mode do not apply to it; "
-                          f"they apply to: {', '.join(e for e in data_parallel_experiments())}")
+    require_data_parallel(exp, spec)
     dev = get_device(device)
     start = time.perf_counter()
     if spec.nproc == 1:
@@ -271,7 +268,7 @@ def run_torchrun(configs, spec: DataParallel, device=None, force: bool = False, 
     """
     from .device import get_device
     from .experiments import get_experiment
-    from .store import config_hash, load, save
+    from .store import load, result_key, save
 
     rank, world, local = torchrun_world() or (0, 1, 0)
     if world == 1:
@@ -293,15 +290,13 @@ def run_torchrun(configs, spec: DataParallel, device=None, force: bool = False, 
     else:
         raise ConfigError(f"device {dev}: data parallelism runs on the CPU or CUDA; use --device cpu or cuda")
     for cfg in configs:
-        if not get_experiment(cfg.experiment).data_parallel:
-            raise ConfigError(f"experiment {cfg.experiment!r} does not train through bnrepro.train.train, "
-                              "so there is nothing to run data-parallel")
+        require_data_parallel(get_experiment(cfg.experiment), spec)
     say = log if rank == 0 else (lambda *a, **k: None)
     dist.init_process_group(backend)  # env:// from torchrun
     ran = 0
     try:
         for i, cfg in enumerate(configs, 1):
-            key = f"{cfg.experiment}/{config_hash(cfg)}{spec.tag()}"
+            key = result_key(cfg, spec)
             stored = [not force and load(cfg, root, parallel=spec) is not None] if rank == 0 else [None]
             dist.broadcast_object_list(stored, src=0)  # every rank does what rank 0 found
             if stored[0]:
@@ -322,7 +317,12 @@ def run_torchrun(configs, spec: DataParallel, device=None, force: bool = False, 
     return ran
 
 
-def data_parallel_experiments() -> list[str]:
+def require_data_parallel(exp, spec: DataParallel) -> None:
+    """Raise :class:`ConfigError` when ``spec`` asks to spread an experiment that does not train."""
+    if exp.data_parallel or spec.canonical().is_default:
+        return
     from .experiments import list_experiments
 
-    return [e.name for e in list_experiments() if e.data_parallel]
+    names = ", ".join(e.name for e in list_experiments() if e.data_parallel)
+    raise ConfigError(f"experiment {exp.name!r} does not train through bnrepro.train.train (it measures or "
+                      f"simulates), so --nproc/--bn-mode do not apply to it; they apply to: {names}")

@@ -74,10 +74,15 @@ def _spec(parallel):
     return (parallel or DataParallel()).canonical()
 
 
+def result_key(cfg: ExperimentConfig, parallel=None) -> str:
+    """``<experiment>/<config hash><tag>``: the tag names a data-parallel run (e.g. ``-np2-sync``,
+    see :class:`bnrepro.parallel.DataParallel`), empty for one process."""
+    return f"{cfg.experiment}/{config_hash(cfg)}{_spec(parallel).tag()}"
+
+
 def path_for(cfg: ExperimentConfig, root: Path | None = None, parallel=None) -> Path:
-    """``<root>/<experiment>/<config hash><tag>.json``; the tag names a data-parallel run
-    (e.g. ``-np2-sync``, see :class:`bnrepro.parallel.DataParallel`), empty for one process."""
-    return (root or results_dir()) / cfg.experiment / f"{config_hash(cfg)}{_spec(parallel).tag()}.json"
+    """``<root>/<result key>.json`` (see :func:`result_key`)."""
+    return (root or results_dir()) / f"{result_key(cfg, parallel)}.json"
 
 
 def _jsonable(value):
@@ -167,14 +172,14 @@ def load_or_run(cfg: ExperimentConfig, *, force: bool = False, device=None,
         found = load(cfg, root, verbose=verbose, parallel=spec)
         if found is not None:
             if verbose:
-                print(f"found stored result, loading: {cfg.experiment}/{found.config_hash}{spec.tag()} "
+                print(f"found stored result, loading: {result_key(cfg, spec)} "
                       f"(run on {found.provenance.get('device', '?')}, "
                       f"{found.provenance.get('wall_time_s', float('nan')):.0f} s)")
             return found
     if verbose:
         why = "recomputing (force)" if force else "no stored result: running"
         where = "" if spec.is_default else f" over {spec.nproc} process(es), BN mode {spec.bn_mode}"
-        print(f"{why} {cfg.experiment}/{config_hash(cfg)}{spec.tag()}{where} ...", flush=True)
+        print(f"{why} {result_key(cfg, spec)}{where} ...", flush=True)
     start = time.perf_counter()
     result = run_parallel(cfg, spec, device=device)
     result.config_hash = config_hash(cfg)

@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ConfigError, ExperimentConfig, config_hash
+from .config import ConfigError, ExperimentConfig
+from .store import result_key
 
 __all__ = ["EXECUTORS", "SweepReport", "run_sweep", "pending"]
 
@@ -51,12 +52,6 @@ class SweepReport:
         return not self.failed
 
 
-def _key(cfg: ExperimentConfig, parallel) -> str:
-    from .store import _spec
-
-    return f"{cfg.experiment}/{config_hash(cfg)}{_spec(parallel).tag()}"
-
-
 def pending(configs: Sequence[ExperimentConfig], parallel=None, root: Path | None = None) -> list:
     """The configs of ``configs`` without a sound stored result (under ``parallel``)."""
     from .store import load
@@ -75,7 +70,7 @@ def _run_one(cfg: ExperimentConfig, parallel, device, force: bool, root, threads
     if root is not None:  # a submitit job on another node: the store the sweep was started with
         os.environ["BNREPRO_RESULTS"] = str(root)
     load_or_run(cfg, force=force, device=device, parallel=parallel, verbose=False)
-    return _key(cfg, parallel) + f" -> {results_dir()}"
+    return result_key(cfg, parallel) + f" -> {results_dir()}"
 
 
 def run_sweep(configs: Sequence[ExperimentConfig], *, executor: str = "local", jobs: int = 1,
@@ -110,7 +105,7 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, executor: str = "local", j
                 load_or_run(cfg, force=force, device=device, root=root, parallel=parallel)
                 report.ran += 1
             except Exception as exc:  # noqa: BLE001 -- recorded, reported, and the sweep goes on
-                report.failed[_key(cfg, parallel)] = f"{type(exc).__name__}: {exc}"
+                report.failed[result_key(cfg, parallel)] = f"{type(exc).__name__}: {exc}"
                 log(f"failed: {type(exc).__name__}: {exc}")
     elif executor == "local":
         _pool(todo, report, jobs, parallel, device, force, root, log)
@@ -137,7 +132,7 @@ def _pool(todo, report, jobs, parallel, device, force, root, log):
         futures = {pool.submit(_run_one, cfg, parallel, device, force, root, threads): cfg for cfg in todo}
         try:
             for i, fut in enumerate(cf.as_completed(futures), 1):
-                key = _key(futures[fut], parallel)
+                key = result_key(futures[fut], parallel)
                 try:
                     fut.result()
                     report.ran += 1
@@ -177,7 +172,7 @@ def _submitit(todo, report, jobs, parallel, device, force, store, folder, cluste
             for job in [j for j in running if j.done()]:
                 cfg = running.pop(job)
                 done += 1
-                key = _key(cfg, parallel)
+                key = result_key(cfg, parallel)
                 try:
                     job.result()
                     report.ran += 1
