@@ -16,7 +16,9 @@ sees the active :class:`Session` and
   buffers broadcast at every forward);
 * gives rank ``r`` the ``r``-th contiguous slice of every global batch:
   ``batch_size`` in a config is the *global* batch, so a run over 2 processes
-  takes the same optimizer steps on the same samples as a run in one;
+  takes the same optimizer steps on the same samples as a run in one (with
+  per-device BN, a last batch too small to give every process 2 samples is
+  dropped);
 * weights each rank's loss so that the averaged gradient is that of the global
   mean loss (exact for unequal slices too), and reduces the logged loss and
   accuracy over all ranks.

@@ -27,9 +27,9 @@ import torch
 from ..claims import Claim, at_least, at_most
 from ..config import ExperimentConfig, require
 from ..launch import bn_steps, launch, reference_bn_steps
+from ..parallel import DataParallel
 from ..provenance import provenance
 from ..scorecard import register_chapter
-from ..parallel import DataParallel
 from ..store import Result, load_or_run
 from . import register
 
