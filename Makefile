@@ -6,6 +6,7 @@ PYTHON       ?= python3
 VENV         := .venv
 PY           := $(VENV)/bin/python
 STAMP        := $(VENV)/.installed
+KERNEL_CONF  := $(VENV)/etc/ipython/ipython_kernel_config.py
 PROFILE      ?= cpu
 JOBS         ?= 1
 RUN_ARGS     ?=
@@ -26,7 +27,7 @@ help:
 
 # --- set-up -----------------------------------------------------------------
 
-setup: $(STAMP) data
+setup: $(STAMP) $(KERNEL_CONF) data
 
 # The venv is rebuilt only when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -34,6 +35,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[book,test,sweep]'
 	@touch $@
+
+# The notebooks' kernels read this from the venv (see the file for why).
+$(KERNEL_CONF): .jupyter/ipython_kernel_config.py $(STAMP)
+	@mkdir -p $(@D) && cp $< $@
 
 # Fashion-MNIST: present already (Debian package, $BNREPRO_DATA or the cache),
 # else Debian's dataset-fashion-mnist when we may use apt, else torchvision's download.

@@ -69,14 +69,18 @@ def _entry(fn, rank, world, port, backend, init_timeout, args, results):
         results.put(("error", rank, traceback.format_exc() + log.read()[-4000:]))
 
 
-def launch(fn, nproc: int = 2, args: tuple = (), *, timeout: float | None = 60.0, backend: str = "gloo",
-           init_timeout: float = 20.0) -> list:
+def launch(fn, nproc: int = 2, args: tuple = (), *, timeout: float | None = 600.0, backend: str = "gloo",
+           init_timeout: float = 120.0) -> list:
     """Run ``fn(rank, world_size, *args)`` in ``nproc`` processes; returns their results by rank.
 
     ``fn`` must be importable (a module-level function). ``timeout`` bounds the
-    whole run in seconds (``None``: no deadline; a dead rank still ends the run); ``init_timeout`` is the process group's timeout (how
-    long a collective waits for a missing peer). Raises :class:`WorkerError`
-    naming the rank when a rank raises, exits without a result, or the deadline passes.
+    whole run in seconds (``None``: no deadline; a dead rank still ends the run);
+    ``init_timeout`` is the process group's timeout (how long a collective waits
+    for a missing peer). Both are bounds on a hang, not estimates of the run's
+    length: a rank that fails or dies ends the run at once, and the defaults
+    leave room for a busy machine that starts processes slowly. Raises
+    :class:`WorkerError` naming the rank when a rank raises, exits without a
+    result, or the deadline passes.
     """
     ctx = mp.get_context("spawn")
     results = ctx.Queue()

@@ -24,10 +24,10 @@ def git_revision() -> str:
     """
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
+                             text=True, timeout=60, check=True).stdout.strip()
         # --no-optional-locks: a status that is timed out and killed must not leave .git/index.lock behind
         dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no", "--", "bnrepro"],
-                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=60).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

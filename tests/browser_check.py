@@ -4,10 +4,12 @@
 
 Fails (exit 1) when a page has math left unrendered, an image that did not
 load, an internal link or anchor that goes nowhere, a cell output showing a
-traceback, a warning or a progress bar's control characters, or a request
+traceback, a warning or a progress bar's control characters, a request
 for a resource that is not there (any request leaving the local server
-counts: the book must work offline). Saves screenshots of the intro and of
-each chapter's first figure for review.
+counts: the book must work offline), or a page that does not get ready (load
+event, MathJax's first typeset, images, fonts: each wait bounded, and a page
+that passes the bound is one problem line naming what it waited for). Saves
+screenshots of the intro and of each chapter's first figure for review.
 """
 
 from __future__ import annotations
@@ -29,6 +31,34 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 BAD_OUTPUT = re.compile(r"Traceback \(most recent call last\)|\b\w*Warning\b:|\x1b\[|\r|\d+it/s\]|it/s\]")
 RAW_MATH = re.compile(r"\\\(|\\\[|\$\$|\\begin\{")
 SKIP_PAGES = {"search.html", "genindex.html"}
+# A page that only redirects (Jupyter Book's root index.html) navigates away
+# as soon as it loads; its target is checked as a page of its own.
+REDIRECT = re.compile(r"""<meta\s+http-equiv=["']?refresh["']?\s+content=["']?\s*\d+\s*;\s*url=([^"'>\s]+)""", re.I)
+# Each wait for a page to get ready is bounded by this many seconds. It is a
+# bound on a hang, not a guess at how long a page takes: a page that is ready
+# sooner is checked at once, and only a page that never gets ready pays it.
+READY_TIMEOUT_S = 120.0
+
+# What "ready" means, one condition at a time, each a JavaScript predicate
+# polled by Playwright until it returns something truthy. MathJax: its startup
+# promise resolves after the first typeset (MathJax 3); we note how it settled.
+_MATHJAX_SETTLED = """() => {
+    const p = window.MathJax && MathJax.startup && MathJax.startup.promise;
+    if (!p) return false;
+    if (window.__bnreproMath === undefined) {
+        window.__bnreproMath = null;
+        p.then(() => { window.__bnreproMath = "ok"; },
+               e => { window.__bnreproMath = "failed: " + e; });
+    }
+    return window.__bnreproMath;
+}"""
+_HAS_MATHJAX = "() => !!document.querySelector('script[src*=\"mathjax\" i]') || !!window.MathJax"
+_IMAGES_COMPLETE = """() => {
+    const images = [...document.images];
+    images.forEach(i => { if (i.loading === "lazy") i.loading = "eager"; });  // load below the fold too
+    return images.every(i => i.complete);
+}"""
+_FONTS_LOADED = "() => !document.fonts || document.fonts.status === 'loaded'"
 
 
 def find_chromium() -> str | None:
@@ -80,7 +110,92 @@ def check_links(root: Path) -> list[str]:
     return problems
 
 
-def check_pages(root: Path, chromium: str, screenshots: Path | None) -> list[str]:
+def wait_until_ready(page, url: str, timeout_s: float = READY_TIMEOUT_S) -> str | None:
+    """Open ``url`` and wait for what the check reads: the load event, MathJax's
+    first typeset where MathJax is on the page, every image complete, the fonts
+    loaded. Each wait is bounded by ``timeout_s``. Returns None when the page is
+    ready, else what it was still waiting for. Never waits for "network idle":
+    a page can be ready while a connection stays open, and that event may never
+    come (Playwright's documentation discourages it)."""
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    ms = timeout_s * 1000
+    steps = [("the load event", lambda: page.goto(url, wait_until="load", timeout=ms)),
+             ("MathJax's first typeset (MathJax.startup.promise)",
+              lambda: page.evaluate(_HAS_MATHJAX) and page.wait_for_function(_MATHJAX_SETTLED, timeout=ms)),
+             ("every image to complete", lambda: page.wait_for_function(_IMAGES_COMPLETE, timeout=ms)),
+             ("the fonts to load (document.fonts)", lambda: page.wait_for_function(_FONTS_LOADED, timeout=ms))]
+    for what, wait in steps:
+        try:
+            handle = wait()
+        except PlaywrightTimeout:
+            return f"waited {timeout_s:.0f} s for {what}"
+        except PlaywrightError as e:
+            return f"failed while waiting for {what}: {_first_line(e)}"
+        if handle and what.startswith("MathJax") and handle.json_value() != "ok":
+            return f"{what} {handle.json_value()}"
+    return None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+_REPORT = """() => {
+    const body = document.querySelector('article') || document.body;
+    const clone = body.cloneNode(true);
+    clone.querySelectorAll('pre, code, .highlight, script, style, mjx-container, .cell_output')
+         .forEach(e => e.remove());
+    const outputs = [...document.querySelectorAll('.cell_output, .output')].map(e => e.innerText);
+    const images = [...document.querySelectorAll('img')]
+         .filter(i => !i.complete || i.naturalWidth === 0).map(i => i.getAttribute('src'));
+    return {text: clone.innerText, outputs, images,
+            math: document.querySelectorAll('mjx-container').length};
+}"""
+
+
+def redirect_target(path: Path) -> str | None:
+    """Where a redirect-only page sends the reader, or None for a real page."""
+    m = REDIRECT.search(path.read_text(errors="replace")[:2000])
+    return m.group(1) if m else None
+
+
+def _check_page(page, rel: str, url: str, ready_timeout_s: float, screenshots: Path | None) -> list[str]:
+    """What a reader would see broken on one page, once it is ready."""
+    not_ready = wait_until_ready(page, url, ready_timeout_s)
+    if not_ready:
+        return [f"{rel}: page did not get ready: {not_ready}"]
+    report = page.evaluate(_REPORT)
+    problems = []
+    for m in RAW_MATH.finditer(report["text"]):
+        snippet = report["text"][max(0, m.start() - 30): m.end() + 30].replace("\n", " ")
+        problems.append(f"{rel}: unrendered math near {snippet!r}")
+    for src in report["images"]:
+        problems.append(f"{rel}: image did not load: {src}")
+    for out in report["outputs"]:
+        m = BAD_OUTPUT.search(out)
+        if m:
+            snippet = out[max(0, m.start() - 60): m.end() + 60]
+            problems.append(f"{rel}: cell output shows {m.group(0)!r}: {snippet!r}")
+    if screenshots:
+        name = rel.replace("/", "_").removesuffix(".html")
+        if rel.endswith("intro.html"):
+            page.screenshot(path=str(screenshots / f"{name}.png"))
+        figure = page.locator("figure img, .cell_output img").first
+        if figure.count():
+            figure.scroll_into_view_if_needed()
+            figure.screenshot(path=str(screenshots / f"{name}-first-figure.png"))
+    print(f"checked {rel}: {report['math']} math element(s), {len(report['outputs'])} output(s)")
+    return problems
+
+
+def check_pages(root: Path, chromium: str, screenshots: Path | None,
+                ready_timeout_s: float = READY_TIMEOUT_S) -> list[str]:
+    """Every page in headless Chromium; one line per problem, never a traceback
+    for a page that misbehaves."""
+    from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import sync_playwright
 
     pages = sorted(p for p in root.rglob("*.html") if p.name not in SKIP_PAGES and "_static" not in p.parts)
@@ -93,50 +208,26 @@ def check_pages(root: Path, chromium: str, screenshots: Path | None) -> list[str
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
             context = browser.new_context(viewport={"width": 1280, "height": 900})
+            context.set_default_timeout(ready_timeout_s * 1000)  # every action: a bound on a hang
             for path in pages:
                 rel = str(path.relative_to(root))
+                target = redirect_target(path)
+                if target is not None:
+                    if not (path.parent / unquote(urldefrag(target)[0])).is_file():
+                        problems.append(f"{rel}: redirects to missing page {target!r}")
+                    print(f"checked {rel}: redirects to {target}")
+                    continue
                 page = context.new_page()
                 failed: list[str] = []
                 page.on("requestfailed", lambda r, f=failed: f.append(f"{r.url} ({r.failure})"))
                 page.on("response", lambda r, f=failed: f.append(f"{r.url} (HTTP {r.status})") if r.status >= 400 else None)
                 page.on("request", lambda r, f=failed: None if r.url.startswith((base, "data:", "blob:", "about:"))
                         else f.append(f"{r.url} (leaves the book: not available offline)"))
-                page.goto(urljoin(base, rel), wait_until="load")
-                page.wait_for_load_state("networkidle")
-                if page.evaluate("() => !!(window.MathJax && MathJax.startup && MathJax.startup.promise)"):
-                    page.evaluate("() => MathJax.startup.promise")
-                report = page.evaluate("""() => {
-                    const body = document.querySelector('article') || document.body;
-                    const clone = body.cloneNode(true);
-                    clone.querySelectorAll('pre, code, .highlight, script, style, mjx-container, .cell_output')
-                         .forEach(e => e.remove());
-                    const outputs = [...document.querySelectorAll('.cell_output, .output')].map(e => e.innerText);
-                    const images = [...document.querySelectorAll('img')]
-                         .filter(i => !i.complete || i.naturalWidth === 0).map(i => i.getAttribute('src'));
-                    return {text: clone.innerText, outputs, images,
-                            math: document.querySelectorAll('mjx-container').length};
-                }""")
-                for m in RAW_MATH.finditer(report["text"]):
-                    snippet = report["text"][max(0, m.start() - 30): m.end() + 30].replace("\n", " ")
-                    problems.append(f"{rel}: unrendered math near {snippet!r}")
-                for src in report["images"]:
-                    problems.append(f"{rel}: image did not load: {src}")
-                for out in report["outputs"]:
-                    m = BAD_OUTPUT.search(out)
-                    if m:
-                        snippet = out[max(0, m.start() - 60): m.end() + 60]
-                        problems.append(f"{rel}: cell output shows {m.group(0)!r}: {snippet!r}")
+                try:
+                    problems += _check_page(page, rel, urljoin(base, rel), ready_timeout_s, screenshots)
+                except PlaywrightError as e:
+                    problems.append(f"{rel}: could not be checked: {_first_line(e)}")
                 problems += [f"{rel}: failed request {f}" for f in failed]
-                if screenshots:
-                    name = rel.replace("/", "_").removesuffix(".html")
-                    if rel.endswith("intro.html"):
-                        page.screenshot(path=str(screenshots / f"{name}.png"))
-                    figure = page.locator("figure img, .cell_output img").first
-                    if figure.count():
-                        figure.scroll_into_view_if_needed()
-                        figure.screenshot(path=str(screenshots / f"{name}-first-figure.png"))
-                print(f"checked {rel}: {report['math']} math element(s), "
-                      f"{len(report['outputs'])} output(s), {len(failed)} failed request(s)")
                 page.close()
             browser.close()
     finally:
@@ -148,6 +239,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("html", type=Path, help="the built book's html folder")
     parser.add_argument("--screenshots", type=Path, help="folder for screenshots")
+    parser.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT_S, metavar="S",
+                        help="bound in seconds on each wait for a page to get ready (default %(default)s)")
     args = parser.parse_args(argv)
     if not (args.html / "index.html").exists():
         print(f"error: no built book at {args.html} (run `make book` first)", file=sys.stderr)
@@ -156,7 +249,7 @@ def main(argv=None) -> int:
     if chromium is None:
         print("SKIPPED browser check: Chromium not found (Debian: apt-get install chromium)")
         return 0
-    problems = check_links(args.html) + check_pages(args.html, chromium, args.screenshots)
+    problems = check_links(args.html) + check_pages(args.html, chromium, args.screenshots, args.ready_timeout)
     for p in problems:
         print(f"PROBLEM {p}")
     print(f"browser check: {len(problems)} problem(s)")

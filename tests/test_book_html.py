@@ -49,3 +49,25 @@ def test_the_check_catches_what_it_should(tmp_path):
     kinds = " ".join(problems)
     assert "unrendered math" in kinds and "image did not load" in kinds and "Warning" in kinds
     assert "failed request" in kinds
+
+
+def test_a_page_that_never_gets_ready_is_one_problem_line(tmp_path):
+    """A page whose MathJax never finishes typesetting (or fails) is reported by
+    name and by what it waited for; the check goes on to the next page. The
+    promise below never settles, so the bound is reached on any machine. A
+    redirect-only page is not opened (it navigates away), but its target must exist."""
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("Chromium not found")
+    mathjax = '<script>window.MathJax = {{startup: {{promise: {}}}}};</script><p>x</p>'
+    (tmp_path / "index.html").write_text(mathjax.format("new Promise(() => {})"))
+    (tmp_path / "rejected.html").write_text(mathjax.format("Promise.reject('no fonts')"))
+    (tmp_path / "fine.html").write_text("<html><body><article><p>fine</p></article></body></html>")
+    (tmp_path / "moved.html").write_text('<meta http-equiv="Refresh" content="0; url=fine.html" />')
+    (tmp_path / "lost.html").write_text('<meta http-equiv="Refresh" content="0; url=gone.html" />')
+    problems = check_pages(tmp_path, chromium, None, ready_timeout_s=2)
+    assert problems == [
+        "index.html: page did not get ready: waited 2 s for MathJax's first typeset (MathJax.startup.promise)",
+        "lost.html: redirects to missing page 'gone.html'",
+        "rejected.html: page did not get ready: MathJax's first typeset (MathJax.startup.promise) failed: no fonts",
+    ], problems

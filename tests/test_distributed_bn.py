@@ -6,7 +6,6 @@ BN over 2 processes against one process with plain BN on the full batch.
 """
 
 import os
-import time
 
 import pytest
 import torch
@@ -129,7 +128,7 @@ def _compare(a, b, x_grad_factor=1.0, rows=slice(None), running=True):
 def test_ddp_per_device_bn_is_ghost_bn_of_one_chunk_per_rank():
     x, y = _batch(8)
     steps = 3
-    ranks = launch(bn_steps, 2, (x, y, "local", [4, 4], steps), timeout=60)
+    ranks = launch(bn_steps, 2, (x, y, "local", [4, 4], steps))
     ref = reference_bn_steps(x, y, "ghost", ghost_batch_size=4, steps=steps)
     for s in range(steps):
         for r, rows in enumerate((slice(0, 4), slice(4, 8))):
@@ -144,7 +143,7 @@ def test_ddp_per_device_bn_is_ghost_bn_of_one_chunk_per_rank():
 def test_sync_bn_over_two_ranks_is_full_batch_bn_with_unequal_shards():
     x, y = _batch(8, seed=3)
     steps, sizes = 3, [5, 3]
-    ranks = launch(bn_steps, 2, (x, y, "sync", sizes, steps), timeout=60)
+    ranks = launch(bn_steps, 2, (x, y, "sync", sizes, steps))
     ref = reference_bn_steps(x, y, "full", steps=steps)
     for s in range(steps):
         for r, rows in enumerate((slice(0, 5), slice(5, 8))):
@@ -160,8 +159,9 @@ def _die_or_wait(rank, world):
     return "unreachable"
 
 
-def test_a_dead_peer_fails_the_launch_quickly():
-    start = time.monotonic()
-    with pytest.raises(WorkerError, match="rank"):
-        launch(_die_or_wait, 2, timeout=30, init_timeout=5)
-    assert time.monotonic() - start < 30
+def test_a_dead_peer_fails_the_launch_instead_of_waiting_for_the_deadline():
+    # No deadline at all: only noticing the dead rank (or the survivor's
+    # failed collective) can end this launch; a hang would show as a hang.
+    with pytest.raises(WorkerError, match=r"rank [01] of 2 (died with exit code 3|failed)") as err:
+        launch(_die_or_wait, 2, timeout=None)
+    assert "gave no result within" not in str(err.value)

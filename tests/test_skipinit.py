@@ -1,7 +1,6 @@
 """SkipInit chapter: exact path-depth distribution, Monte Carlo, residual network family."""
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -66,11 +65,8 @@ def test_known_closed_forms():
     np.testing.assert_allclose(path_depth_distribution(d, True, 0.0)[1:], path_depth_distribution(d - 1), rtol=1e-12)
 
 
-def test_ten_thousand_blocks_is_fast_and_gives_the_headline():
-    path_depth_distribution(10)  # warm-up
-    start = time.perf_counter()
+def test_ten_thousand_blocks_give_the_headline():
     p = path_depth_distribution(10_000)
-    assert time.perf_counter() - start < 1.0
     assert abs(p.sum() - 1) < 1e-12
     rows = {(r["convention"], r["paths through"]): r["share"] for r in headline()}
     # the paper's 97% is the "first branch always taken" convention (or "< 15" with the default one)

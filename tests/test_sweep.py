@@ -37,13 +37,13 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_finished_runs(tmp_re
     configs = [base.replace(seed=int(s)) for s in SEEDS.split(",")]
     paths = [path_for(c) for c in configs]
     proc = _bnrepro(args, tmp_results, start_new_session=True)  # its own process group: kill it whole
-    deadline = time.monotonic() + 120
+    hang_guard = time.monotonic() + 1800  # a bound on a hang, far above a run on a busy machine
     while not any(p.exists() for p in paths):
         assert proc.poll() is None, f"sweep ended before any run finished:\n{proc.stdout.read()}"
-        assert time.monotonic() < deadline, "no run finished within 120 s"
-        time.sleep(0.05)
+        assert time.monotonic() < hang_guard, "no run finished: the sweep hangs"
+        time.sleep(0.05)  # polling for the first stored file, not waiting for time to pass
     os.killpg(proc.pid, signal.SIGKILL)  # the parent and its pool workers, mid-run, no clean-up
-    proc.wait(timeout=30)
+    proc.wait()
     proc.stdout.close()
 
     finished = {p: p.stat().st_mtime_ns for p in paths if p.exists()}
@@ -52,7 +52,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_finished_runs(tmp_re
         assert read(p, configs[paths.index(p)]).data["history"]["epochs"]
 
     resumed = _bnrepro(args, tmp_results)
-    out, _ = resumed.communicate(timeout=300)
+    out, _ = resumed.communicate(timeout=1800)  # a hang guard only
     assert resumed.returncode == 0, out
     assert f"{len(finished)} of {len(paths)} run(s) already stored" in out
     assert f"running {len(paths) - len(finished)} run(s)" in out

@@ -79,8 +79,8 @@ def run_equivalence(cfg: EquivalenceConfig, device=None) -> Result:
     x = torch.randn(cfg.batch_size, 2, 4, 4, generator=g, dtype=torch.float64) * 2 + 0.5
     y = torch.randint(0, 3, (cfg.batch_size,), generator=g)
     even = [cfg.batch_size // cfg.nproc] * cfg.nproc
-    local = launch(bn_steps, cfg.nproc, (x, y, "local", even, cfg.steps), timeout=120)
-    sync = launch(bn_steps, cfg.nproc, (x, y, "sync", list(cfg.sync_shards), cfg.steps), timeout=120)
+    local = launch(bn_steps, cfg.nproc, (x, y, "local", even, cfg.steps))
+    sync = launch(bn_steps, cfg.nproc, (x, y, "sync", list(cfg.sync_shards), cfg.steps))
     ghost_ref = reference_bn_steps(x, y, "ghost", even[0], cfg.steps)
     full_ref = reference_bn_steps(x, y, "full", steps=cfg.steps)
     # Input gradients on a rank are those of the sum of the ranks' losses: nproc x the mean loss.
