@@ -164,10 +164,10 @@ def run_bench(device: torch.device, budget_s: float, dry_run: bool) -> dict:
 
 
 # --------------------------------------------------------------------------- data stand-ins
-def _stand_in(name: str, sizes: dict | None = None) -> dict:
+def _stand_in(name: str, n_train: int | None = None, n_test: int = 10_000) -> dict:
     """Random uint8 images of the dataset's shape and size: timing is all they are good for."""
     channels, side = (3, 32) if name == "cifar10" else (1, 28)
-    n_train = (sizes or TRAIN_SIZES)[name]
+    n_train = n_train or TRAIN_SIZES[name]
     g = torch.Generator().manual_seed(0)
 
     def images(n):
@@ -176,16 +176,16 @@ def _stand_in(name: str, sizes: dict | None = None) -> dict:
     def labels(n):
         return torch.randint(0, 10, (n,), generator=g)
 
-    return {"x_train": images(n_train), "y_train": labels(n_train), "x_test": images(10_000),
-            "y_test": labels(10_000), "classes": [f"class {i}" for i in range(10)],
+    return {"x_train": images(n_train), "y_train": labels(n_train), "x_test": images(n_test),
+            "y_test": labels(n_test), "classes": [f"class {i}" for i in range(10)],
             "source": "synthetic stand-in (random pixels, for timing only)"}
 
 
 @contextlib.contextmanager
 def data_stand_ins(names, sizes: dict | None = None):
     """Inside the block every dataset in ``names`` loads: the real one when it is on this machine,
-    else a random stand-in (a dataset cache in a temporary folder). Downloads are switched off.
-    Yields the names that were replaced."""
+    else a random stand-in (a dataset cache in a temporary folder) of the real size, or of
+    ``sizes[name] = (n_train, n_test)``. Downloads are switched off. Yields the names replaced."""
     saved = {k: os.environ.get(k) for k in ("BNREPRO_CACHE", "BNREPRO_OFFLINE")}
     os.environ["BNREPRO_OFFLINE"] = "1"
     tmp = Path(tempfile.mkdtemp(prefix="bnrepro-gpu-check-"))
@@ -198,7 +198,7 @@ def data_stand_ins(names, sizes: dict | None = None):
                 if real.is_file():
                     (tmp / real.name).symlink_to(real)
             except DataNotFoundError:
-                torch.save(_stand_in(name, sizes), tmp / f"{name}.pt")
+                torch.save(_stand_in(name, *(sizes or {}).get(name, ())), tmp / f"{name}.pt")
                 replaced.append(name)
         os.environ["BNREPRO_CACHE"] = str(tmp)
         yield frozenset(replaced)

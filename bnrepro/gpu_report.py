@@ -70,9 +70,14 @@ def markdown(report: dict) -> str:
     else:
         lines.append(f"- bench: {b.get('status')} {b.get('reason', '')}".rstrip())
     tot = totals(report)
-    lines += [f"- paper sweeps, summed: {duration(tot['sweep_s'])} of GPU time over {tot['experiments_timed']} "
-              f"experiment(s); {tot['experiments_not_applicable']} run on the CPU whatever the device", "",
-              "| experiment | status | steps | steps/s | runs | sweep GPU time | first losses vs cpu |",
+    lines += [f"- {report['profile']} sweeps, summed: {duration(tot['sweep_s'])} on this device over "
+              f"{tot['experiments_timed']} experiment(s); {tot['experiments_not_applicable']} run on the CPU "
+              "whatever the device", ""]
+    if report.get("synthetic_data"):
+        lines += [f"Random stand-ins replaced {', '.join(report['synthetic_data'])} (not on the machine): "
+                  "timing only, their losses are not compared.", ""]
+    lines += [f"| experiment | status | steps | steps/s | runs | sweep time | first losses vs "
+              f"{report['reference_profile']} |",
               "|---|---|---|---|---|---|---|"]
     for e in report["experiments"]:
         status = e["status"] + (f" ({e['stopped_by']})" if e.get("stopped_by") else "")

@@ -45,6 +45,8 @@ LENGTH_FIELDS = frozenset({"epochs", "steps", "train_examples", "n_test", "eval_
 #: Relative difference of a first-step loss below which GPU and CPU "agree": float32 on
 #: another device, cuDNN's algorithms and TF32 convolutions move losses by ~1e-3.
 LOSS_RTOL = 1e-2
+#: Losses are compared over this many first steps: later, rounding differences grow chaotically.
+FIRST_STEPS = 50
 
 STATUSES = ("measured", "timeout", "error", "not applicable")
 
@@ -86,14 +88,15 @@ def pick_config(configs: list, reference: list) -> tuple[ExperimentConfig, Exper
 
 
 def compare_losses(losses: list[float], ref: ExperimentConfig | None) -> dict:
-    """The slice's losses against the stored result of ``ref`` at the steps it logged."""
+    """The slice's first losses against the stored result of ``ref``, at the steps that result logged
+    among the first :data:`FIRST_STEPS`."""
     if ref is None:
         return {"status": "no overlapping config"}
     stored = load(ref)
     if stored is None:
         return {"status": "no stored result", "config_hash": ref.hash()}
     logged = stored.data.get("history", {}).get("steps", []) if isinstance(stored.data, dict) else []
-    pairs = [(int(s), float(v), losses[int(s)]) for s, v in logged if int(s) < len(losses)]
+    pairs = [(int(s), float(v), losses[int(s)]) for s, v in logged if int(s) < min(len(losses), FIRST_STEPS)]
     if not pairs:
         return {"status": "no common steps", "config_hash": ref.hash()}
     rel = max(abs(g - c) / max(abs(c), 1e-12) for _, c, g in pairs)
