@@ -45,6 +45,8 @@ from .timebox import BoxClosed, hard_limit, hard_limit_available
 
 #: The whole check's wall-clock box (seconds): one short loan of a GPU.
 TOTAL_S = 600
+#: Seconds kept free at the end of the box: interpreter start-up before the check, the report.
+RESERVE_S = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +106,8 @@ def run_gpu_tests(budget_s: float) -> dict:
     tests = REPO_ROOT / "tests" / "test_gpu.py"
     if not tests.is_file():
         return {"status": "not available", "reason": f"{tests} not found (not a source checkout)"}
+    if budget_s < 1:
+        return {"status": "timeout", "reason": "no time left in the box"}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "junit.xml"
@@ -146,6 +150,8 @@ def run_bench(device: torch.device, budget_s: float, dry_run: bool) -> dict:
     bn_args = dict(shape=(8, 4, 8, 8), repeats=3, warmup=1) if dry_run else {}
     start = time.perf_counter()
     out = {"budget_s": budget_s, "not_measured": "channels_last and torch.compile: not adopted by the package"}
+    if budget_s < 1:
+        return {**out, "status": "timeout", "reason": "no time left in the box"}
     try:
         with hard_limit(budget_s):
             loop = loop_benchmark(device=device, verbose=False, **loop_args)
@@ -235,12 +241,18 @@ def run_check(device=None, *, dry_run: bool = False, out_dir: str | Path | None 
     exps = list_experiments()
     plan = plan_for(dry_run, sum(e.name not in CPU_ONLY for e in exps))
     start, started_at = time.perf_counter(), _now()
+    deadline = start + plan.total_s - RESERVE_S
+
+    def left(budget: float) -> float:
+        """A part's budget, cut to what is left of the box: no part can run past the deadline."""
+        return min(budget, deadline - time.perf_counter())
+
     log(f"gpu-check{' (dry run)' if dry_run else ''} on {describe_device(dev)}: box {plan.total_s:.0f} s = "
         f"tests {plan.tests_s:.0f} + bench {plan.bench_s:.0f} + {plan.slices} slices x {plan.slice_s:.0f} "
         f"+ overhead {plan.overhead_s:.0f}")
     prov = device_provenance(dev)
     log("1/3 gpu-marked tests ...")
-    tests = run_gpu_tests(plan.tests_s)
+    tests = run_gpu_tests(left(plan.tests_s))
     log(f"    {tests['status']}: {tests.get('summary', tests.get('reason', ''))}")
     needed = {getattr(c, "dataset", None) for e in exps for c in e.sweep(profile)} | {"fashion-mnist"}
     slices = []
@@ -248,15 +260,16 @@ def run_check(device=None, *, dry_run: bool = False, out_dir: str | Path | None 
         if synthetic:
             log(f"    not on this machine, replaced by random stand-ins for timing: {', '.join(sorted(synthetic))}")
         log("2/3 bench ...")
-        bench = run_bench(dev, plan.bench_s, dry_run)
+        bench = run_bench(dev, left(plan.bench_s), dry_run)
         bench["data"] = "synthetic stand-in" if "fashion-mnist" in synthetic else "real"
         log(f"    {bench['status']}" + (f": tensor loop {bench['tensor_loop_vs_dataloader']:.2f}x DataLoader, "
                                         f"package BN {bench['package_bn_vs_native']:.2f}x native"
                                         if bench["status"] == "measured" else f": {bench.get('reason')}"))
         log(f"3/3 {profile}-profile slices (<= {plan.step_cap} steps, {plan.slice_s:.0f} s each) ...")
         for exp in exps:
-            s = run_slice(exp, profile, reference, dev, step_cap=plan.step_cap,
-                          soft_s=plan.soft_fraction * plan.slice_s, hard_s=plan.slice_s, synthetic=synthetic)
+            budget = left(plan.slice_s)
+            s = run_slice(exp, profile, reference, dev, step_cap=plan.step_cap, soft_s=plan.soft_fraction * budget,
+                          hard_s=budget, synthetic=synthetic)
             slices.append(s)
             log(f"    {exp.name:<18} {s['status']:<15} "
                 + (f"{s.get('steps', s.get('runs_measured', 0))} step(s)/run(s), sweep "

@@ -16,7 +16,7 @@ from .provenance import REPO_ROOT
 REPORT_DIR = REPO_ROOT / "results" / "gpu"
 JSON_NAME, MD_NAME = "gpu_check.json", "gpu_check.md"
 FORMAT_VERSION = 1
-NONE_YET = "No GPU check has been measured yet, so how long the paper profiles take on a GPU is not known."
+NONE_YET = "Not known yet: no GPU check has been measured."
 
 
 def duration(seconds: float | None) -> str:

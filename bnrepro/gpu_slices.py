@@ -184,6 +184,8 @@ def run_slice(exp, profile: str, reference_profile: str, device, *, step_cap: in
     base = {"experiment": exp.name, "profile": profile, "sweep_runs": len(configs), "budget_s": hard_s}
     if exp.name in CPU_ONLY:
         return {**base, "status": "not applicable", "reason": CPU_ONLY[exp.name]}
+    if hard_s < 1:
+        return {**base, "status": "timeout", "stopped_by": HARD_LIMIT, "reason": "no time left in the box"}
     start = time.perf_counter()
     if exp.data_parallel:  # trains through bnrepro.train.train
         out = _training_slice(exp, configs, exp.sweep(reference_profile), device, step_cap, soft_s, hard_s,

@@ -13,7 +13,9 @@ from bnrepro.config import ConfigError
 from bnrepro.experiments import list_experiments
 from bnrepro.experiments.lenet import LeNetConfig
 from bnrepro.gpu_check import TOTAL_S, Plan, data_stand_ins, plan_for, run_check
-from bnrepro.gpu_slices import CPU_ONLY, STATUSES, compare_losses, overlaps, pick_config, planned_steps
+from bnrepro.experiments import Experiment
+from bnrepro.gpu_slices import (CPU_ONLY, STATUSES, compare_losses, overlaps, pick_config, planned_steps,
+                                run_slice)
 from bnrepro.models import LeNet
 from bnrepro.store import Result, save
 from bnrepro.timebox import HARD_LIMIT, SOFT_BUDGET, STEP_CAP, BoxClosed, StepBox, hard_limit
@@ -148,6 +150,42 @@ def test_hard_limit_rejects_bad_seconds(bad):
 
 
 # --------------------------------------------------------------------------- slices' parts
+def _fake(run, trains: bool) -> Experiment:
+    return Experiment("lenet", LeNetConfig, run, lambda profile: [LeNetConfig.for_profile("smoke")],
+                      data_parallel=trains)
+
+
+def _train_forever(cfg, device=None):
+    torch.manual_seed(0)
+    train(LeNet(num_classes=2), toy_data(), epochs=10_000, batch_size=16, lr=0.1, device="cpu")
+
+
+def test_a_training_slice_stops_cleanly_at_its_wall_budget(tmp_results):
+    s = run_slice(_fake(_train_forever, True), "smoke", "cpu", "cpu", step_cap=10**9, soft_s=0.5, hard_s=600)
+    assert s["status"] == "measured" and s["stopped_by"] == SOFT_BUDGET and s["steps"] >= 1
+    assert _OBSERVERS == []
+
+
+def test_a_measurement_slice_is_killed_at_its_hard_limit():
+    s = run_slice(_fake(lambda cfg, device=None: time.sleep(60), False), "smoke", "cpu", "cpu",
+                  step_cap=3, soft_s=0.5, hard_s=1.0)
+    assert s["status"] == "timeout" and s["stopped_by"] == HARD_LIMIT and s["runs_measured"] == 0
+
+
+def test_a_failing_slice_is_an_error_not_a_crash():
+    def boom(cfg, device=None):
+        raise RuntimeError("out of memory\nand more")
+
+    s = run_slice(_fake(boom, True), "smoke", "cpu", "cpu", step_cap=3, soft_s=5, hard_s=10)
+    assert s["status"] == "error" and s["reason"] == "RuntimeError: out of memory"
+
+
+def test_a_slice_with_no_time_left_does_not_start():
+    def never(cfg, device=None):
+        pytest.fail("a slice ran with no time left")
+
+    s = run_slice(_fake(never, True), "smoke", "cpu", "cpu", step_cap=3, soft_s=0.1, hard_s=0.5)
+    assert s["status"] == "timeout" and s["reason"] == "no time left in the box"
 def test_overlap_ignores_only_run_length_fields():
     a = LeNetConfig.for_profile("cpu", seed=0)
     assert overlaps(a, a.replace(epochs=99)) and not overlaps(a, a.replace(lr=0.5))
