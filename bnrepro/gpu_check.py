@@ -37,7 +37,7 @@ import torch
 from . import __version__, gpu_report
 from .config import ConfigError
 from .data import DATASETS, DataNotFoundError, cache_dir, load_dataset
-from .device import describe_device, get_device
+from .device import cpu_threads, describe_device, get_device
 from .experiments import list_experiments
 from .gpu_slices import CPU_ONLY, TRAIN_SIZES, run_slice
 from .provenance import REPO_ROOT, git_revision
@@ -256,7 +256,8 @@ def run_check(device=None, *, dry_run: bool = False, out_dir: str | Path | None 
     log(f"    {tests['status']}: {tests.get('summary', tests.get('reason', ''))}")
     needed = {getattr(c, "dataset", None) for e in exps for c in e.sweep(profile)} | {"fashion-mnist"}
     slices = []
-    with data_stand_ins(needed) as synthetic:
+    # On the CPU (a dry run) one thread: the tiny smoke steps ran several times slower on two busy cores.
+    with data_stand_ins(needed) as synthetic, cpu_threads(dev):
         if synthetic:
             log(f"    not on this machine, replaced by random stand-ins for timing: {', '.join(sorted(synthetic))}")
         log("2/3 bench ...")

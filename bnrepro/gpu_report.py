@@ -84,7 +84,8 @@ def markdown(report: dict) -> str:
         if e["status"] in ("not applicable", "error"):
             status = f"{e['status']}: {e.get('reason', '')}"
         sweep = duration(e.get("sweep_s")) + (" (measured)" if e.get("sweep_s_is") == "measured" else "")
-        lines.append(f"| {e['experiment']} | {status} | {e.get('steps', e.get('runs_measured', '-'))} | "
+        done = e.get("steps", f"{e['runs_measured']} run(s)" if "runs_measured" in e else "-")
+        lines.append(f"| {e['experiment']} | {status} | {done} | "
                      f"{_num(e.get('steps_per_s'), '.1f')} | {e['sweep_runs']} | {sweep} | "
                      f"{_loss_cell(e.get('loss_check'))} |")
     return "\n".join(lines) + "\n"
