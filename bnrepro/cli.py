@@ -251,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="smoke profile, 3 steps per slice: tests the check itself (e.g. on the CPU); "
                         "the report is not a GPU measurement and never goes to results/gpu/")
-    p.add_argument("--out", metavar="DIR", help="report folder (default results/gpu/; a dry run: a new temporary folder)")
+    p.add_argument("--out", metavar="DIR",
+                   help="report folder (default results/gpu/; a dry run: a new temporary folder)")
     p.set_defaults(func=cmd_gpu_check)
     p = sub.add_parser("info", help="versions, device and folders")
     p.add_argument("--device")

@@ -10,10 +10,9 @@ import torch
 from bnrepro import gpu_report
 from bnrepro.cli import main
 from bnrepro.config import ConfigError
-from bnrepro.experiments import list_experiments
+from bnrepro.experiments import Experiment, list_experiments
 from bnrepro.experiments.lenet import LeNetConfig
 from bnrepro.gpu_check import TOTAL_S, Plan, data_stand_ins, plan_for, run_check
-from bnrepro.experiments import Experiment
 from bnrepro.gpu_slices import (CPU_ONLY, STATUSES, compare_losses, overlaps, pick_config, planned_steps,
                                 run_slice)
 from bnrepro.models import LeNet
