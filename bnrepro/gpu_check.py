@@ -234,7 +234,8 @@ def run_check(device=None, *, dry_run: bool = False, out_dir: str | Path | None 
         out = Path(out_dir)
     else:
         out = Path(tempfile.mkdtemp(prefix="bnrepro-gpu-check-dry-")) if dry_run else gpu_report.REPORT_DIR
-    if dry_run and out.resolve() == gpu_report.REPORT_DIR.resolve():
+    report_dir = gpu_report.REPORT_DIR.resolve()
+    if dry_run and (out.resolve() == report_dir or report_dir in out.resolve().parents):
         raise ConfigError(f"a dry run is not a GPU measurement: it is not written to {gpu_report.REPORT_DIR}; "
                           "choose another --out")
     profile, reference = ("smoke", "cpu") if dry_run else ("paper", "cpu")

@@ -227,9 +227,11 @@ def test_cli_refuses_a_non_cuda_device_without_dry_run(capsys):
     assert "--dry-run" in capsys.readouterr().err
 
 
-def test_cli_dry_run_never_writes_to_results_gpu(capsys):
-    assert main(["gpu-check", "--device", "cpu", "--dry-run", "--out", str(gpu_report.REPORT_DIR)]) == 2
-    assert "not a GPU measurement" in capsys.readouterr().err
+@pytest.mark.parametrize("inside", ["", "dry"])
+def test_cli_dry_run_never_writes_to_results_gpu(capsys, inside):
+    out = gpu_report.REPORT_DIR / inside
+    assert main(["gpu-check", "--device", "cpu", "--dry-run", "--out", str(out)]) == 2
+    assert "not a GPU measurement" in capsys.readouterr().err and not out.exists()
 
 
 def test_readme_shows_the_latest_report_or_says_none_yet():
