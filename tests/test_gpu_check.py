@@ -230,8 +230,10 @@ def test_cli_refuses_a_non_cuda_device_without_dry_run(capsys):
 @pytest.mark.parametrize("inside", ["", "dry"])
 def test_cli_dry_run_never_writes_to_results_gpu(capsys, inside):
     out = gpu_report.REPORT_DIR / inside
+    before = sorted(out.iterdir()) if out.is_dir() else None
     assert main(["gpu-check", "--device", "cpu", "--dry-run", "--out", str(out)]) == 2
-    assert "not a GPU measurement" in capsys.readouterr().err and not out.exists()
+    assert "not a GPU measurement" in capsys.readouterr().err
+    assert (sorted(out.iterdir()) if out.is_dir() else None) == before  # refused before writing anything
 
 
 def test_readme_shows_the_latest_report_or_says_none_yet():
