@@ -16,12 +16,14 @@ MATHJAX_VER  := 3.2.2
 MATHJAX      := _mathjax/mathjax/tex-chtml.js
 DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: help setup data mathjax browser book test test-fast check-html bench reproduce clean clean-book
+.PHONY: help setup data mathjax browser book test test-fast check-html bench gpu-check gpu-check-dry reproduce clean clean-book
 
 help:
 	@echo "make book    set up, then build the HTML book (PROFILE=cpu|smoke|paper, default cpu)"
 	@echo "make test    set up, then run unit tests and execute every notebook (smoke profile)"
 	@echo "make bench   training images/s: tensor-resident loop vs DataLoader loop"
+	@echo "make gpu-check   the 10-minute check of a CUDA device, report into results/gpu/ (options: ARGS='...')"
+	@echo "make gpu-check-dry   the same check, tiny, on the CPU (--device cpu --dry-run), report in a temporary folder"
 	@echo "make reproduce   run every experiment of PROFILE into results/ (resumable;"
 	@echo "                 JOBS=4 runs four at a time, RUN_ARGS='--executor submitit' sends them to SLURM)"
 
@@ -116,6 +118,15 @@ test-fast: setup
 
 bench: setup
 	$(PY) -m bnrepro bench
+
+# The GPU check needs the venv only: missing datasets get random stand-ins (timing
+# only), so a machine without network access runs it as it is.
+ARGS ?=
+gpu-check: $(STAMP)
+	$(PY) -m bnrepro gpu-check $(ARGS)
+
+gpu-check-dry: $(STAMP)
+	$(PY) -m bnrepro gpu-check --device cpu --dry-run $(ARGS)
 
 reproduce: setup
 	@for exp in $$($(PY) -c "from bnrepro.experiments import list_experiments as l; print(' '.join(e.name for e in l()))"); do \

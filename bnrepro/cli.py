@@ -9,6 +9,8 @@
     bnrepro run skipinit_depth --profile paper --executor submitit   the sweep as SLURM jobs
     bnrepro data fashion-mnist [--fetch]       where the data is (or download it)
     bnrepro bench                              tensor-resident loop vs DataLoader
+    bnrepro gpu-check                          the 10-minute GPU check: tests, bench, paper slices -> results/gpu/
+    bnrepro gpu-check --device cpu --dry-run   the same check, tiny, on the CPU (into a temporary folder)
     bnrepro info                               versions, device, folders
 """
 
@@ -178,6 +180,13 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_gpu_check(args) -> int:
+    from .gpu_check import ok, run_check
+
+    report, _ = run_check(args.device, dry_run=args.dry_run, out_dir=args.out)
+    return 0 if ok(report) else 1
+
+
 def cmd_info(args) -> int:
     import torch
 
@@ -236,6 +245,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--device")
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("gpu-check", help="time-boxed check of a CUDA device (<= 10 min): gpu tests, bench, "
+                                         "a slice of every paper profile; one report in results/gpu/")
+    p.add_argument("--device", help="cuda (default), cuda:N; another device only with --dry-run")
+    p.add_argument("--dry-run", action="store_true",
+                   help="smoke profile, 3 steps per slice: tests the check itself (e.g. on the CPU); "
+                        "the report is not a GPU measurement and never goes to results/gpu/")
+    p.add_argument("--out", metavar="DIR",
+                   help="report folder (default results/gpu/; a dry run: a new temporary folder)")
+    p.set_defaults(func=cmd_gpu_check)
     p = sub.add_parser("info", help="versions, device and folders")
     p.add_argument("--device")
     p.set_defaults(func=cmd_info)

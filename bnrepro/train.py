@@ -6,11 +6,14 @@ the test set each epoch (and, with ``eval_every_steps``, every k steps), keeps
 a per-step and per-epoch history, and treats
 divergence as a result: a NaN/inf loss stops the run and sets
 ``history.diverged`` instead of raising. Chapters extend it through
-``callbacks`` (called after every step) rather than copying it.
+``callbacks`` (called after every step) rather than copying it; code that
+wraps a whole experiment, whose own callbacks it cannot reach, adds its own
+with :func:`observe`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -72,6 +75,26 @@ class StepState:
     optimizer: torch.optim.Optimizer
     inputs: torch.Tensor
     targets: torch.Tensor
+    total: int = 0  # the optimizer steps this train() call plans (epochs x batches, or max_steps)
+
+
+_OBSERVERS: list[Callable[[StepState], None]] = []
+
+
+@contextlib.contextmanager
+def observe(*callbacks: Callable[[StepState], None]):
+    """Call ``callbacks`` after every step of every :func:`train` run inside the block.
+
+    They run after the run's own callbacks. This is for code that wraps a whole
+    experiment, e.g. a time box that stops it after N steps by raising
+    (:mod:`bnrepro.timebox`); an experiment's own observers go in ``callbacks``.
+    """
+    _OBSERVERS.extend(callbacks)
+    try:
+        yield
+    finally:
+        for cb in callbacks:
+            _OBSERVERS.remove(cb)
 
 
 @torch.no_grad()
@@ -155,6 +178,7 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
         raise ValueError(f"lr={lr!r}: the learning rate must be a positive number")
     if epochs < 1:
         raise ValueError(f"epochs={epochs!r}: train for at least one epoch")
+    callbacks = (*callbacks, *_OBSERVERS)
     device = get_device(device)
     model.to(device)
     data = data.to(device)
@@ -231,7 +255,7 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
                 if step % log_every == 0:
                     hist.steps.append([step, loss_value])
                 for cb in callbacks:
-                    cb(StepState(step, epoch, loss_value, model, opt, xb, yb))
+                    cb(StepState(step, epoch, loss_value, model, opt, xb, yb, total))
                 step += 1
                 if eval_every_steps is not None and step % eval_every_steps == 0:
                     eval_time += eval_at(step)
