@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from typing import Any, ClassVar
 
@@ -62,6 +63,12 @@ class ExperimentConfig:
             elif f.type in ("float", float) and isinstance(value, int) and not isinstance(value, bool):
                 # lr=1 and lr=1.0 are the same experiment: give them one hash
                 object.__setattr__(self, f.name, float(value))
+            value = getattr(self, f.name)
+            # inf/nan pass "lr > 0"-style checks (nan fails them with a puzzling message) and only
+            # fail mid-run; no field of any experiment means anything non-finite, so refuse it here.
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ConfigError(f"{f.name}={value!r}: must be a finite number")
         self.validate()
 
     def validate(self) -> None:  # overridden by subclasses

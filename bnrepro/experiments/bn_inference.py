@@ -28,7 +28,7 @@ import torch
 
 from ..basics import bn_layers, bn_statistics, recalibrate_bn
 from ..config import ExperimentConfig, require
-from ..data import DATASETS, load_dataset
+from ..data import DATASETS, load_dataset, require_subset
 from ..device import get_device
 from ..models import INITS
 from ..provenance import provenance
@@ -82,6 +82,7 @@ class BNInferenceConfig(ExperimentConfig):
         for name in ("n_train", "n_test"):
             value = getattr(self, name)
             require(value is None or value >= 1, name, value, "must be None (all) or >= 1")
+        require_subset(self.dataset, self.n_train, self.n_test)
 
 
 @torch.no_grad()

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..config import ExperimentConfig, require
-from ..data import DATASETS, DataNotFoundError, load_dataset
+from ..data import DATASETS, DataNotFoundError, load_dataset, require_subset
 from ..device import cpu_threads, get_device
 from ..models import ACTIVATIONS, MLP, NORMS, count_parameters
 from ..provenance import provenance
@@ -122,6 +122,7 @@ class BNTrainingConfig(ExperimentConfig):
         for name in ("n_train", "n_test"):
             value = getattr(self, name)
             require(value is None or value >= 1, name, value, "must be None (all) or >= 1")
+        require_subset(self.dataset, self.n_train, self.n_test)
 
 
 # --------------------------------------------------------------------------- the network

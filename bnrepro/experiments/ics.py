@@ -20,7 +20,7 @@ import time
 import torch
 
 from ..config import ExperimentConfig, require
-from ..data import load_dataset
+from ..data import load_dataset, require_subset
 from ..decoupling import (decoupled_gd, gd, least_squares, linear_rate, logistic_regression,
                           scale_invariant_gd)
 from ..device import get_device
@@ -72,6 +72,7 @@ class NoisyBNConfig(ExperimentConfig):
         require(self.norm in ("bn", "bnrepro", "none"), "norm", self.norm, "must be bn, bnrepro or none")
         require(self.vgg in VGG_CONFIGS, "vgg", self.vgg, f"must be one of {', '.join(VGG_CONFIGS)}")
         require(self.lr > 0, "lr", self.lr, "the learning rate must be > 0")
+        require_subset(self.dataset, self.n_train, self.n_test)
         require(self.noise_std_max >= self.noise_std_min >= 0, "noise_std_min", self.noise_std_min,
                 "need 0 <= noise_std_min <= noise_std_max")
         require(self.batch_size >= 2, "batch_size", self.batch_size, "BN needs >= 2 samples per batch")
@@ -206,6 +207,7 @@ class GhostConfig(ExperimentConfig):
         require(2 <= self.ghost_batch_size, "ghost_batch_size", self.ghost_batch_size,
                 "a ghost batch needs >= 2 samples")
         require(self.lr > 0, "lr", self.lr, "the learning rate must be > 0")
+        require_subset(self.dataset, self.n_train, self.n_test)
 
 
 def run_ghost(cfg: GhostConfig, device=None) -> Result:
