@@ -46,14 +46,17 @@ def current_profile(default: str = "cpu") -> str:
 class ExperimentConfig:
     """Base class of every experiment's config.
 
-    Subclasses set ``experiment`` (the registry name) and ``profiles``: a map
+    Subclasses set ``experiment`` (the registry name), ``profiles``: a map
     from profile name to the field overrides that profile applies on top of
-    the defaults. Validation happens in ``__post_init__`` via ``validate``,
+    the defaults, and ``result_keys``: what their run's ``data`` always holds. Validation happens in ``__post_init__`` via ``validate``,
     so a bad value fails when the config is made, naming the field.
     """
 
     experiment: ClassVar[str] = ""
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Keys every result of this experiment holds in its ``data``: the store refuses (and
+    #: recomputes) a stored result without one. A class attribute, so no part of the hash.
+    result_keys: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

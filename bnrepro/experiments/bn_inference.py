@@ -42,6 +42,7 @@ from .lenet import build_lenet
 @dataclasses.dataclass(frozen=True)
 class BNInferenceConfig(ExperimentConfig):
     experiment = "bn_inference"
+    result_keys = ("checkpoints", "history", "bn_layers", "steps_per_epoch", "data_source")
     profiles = {
         "smoke": {"epochs": 1, "n_train": 2048, "n_test": 512, "checkpoints": (1, 2, 5)},
         "cpu": {},      # 2 of d2l's 10 epochs: the effects show within the first few hundred steps

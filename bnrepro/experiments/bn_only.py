@@ -60,6 +60,8 @@ RECIPES = {
 @dataclasses.dataclass(frozen=True)
 class BNOnlyConfig(ExperimentConfig):
     experiment = "bn_only"
+    result_keys = ("history", "trainable", "arm", "bn_params", "total_params", "recipe", "image_size",
+                   "data_source", "test_acc", "train_acc", "bn_layer_sizes", "gammas_init", "gammas")
     profiles = {
         "smoke": {"dataset": "fashion-mnist", "image_pool": 2, "n_train": 512, "n_test": 256,
                   "epochs": 1, "depth": 8, "crop_pad": 2},

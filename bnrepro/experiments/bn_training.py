@@ -54,6 +54,8 @@ PERCENTILES = (0.15, 0.50, 0.85)  # Figure 1(b, c)
 @dataclasses.dataclass(frozen=True)
 class BNTrainingConfig(ExperimentConfig):
     experiment = "bn_training"
+    result_keys = ("history", "probe", "final_test_acc", "best_test_acc", "parameters", "data_source",
+                   "n_train", "n_test")
     profiles = {
         # 100 steps on a 6,000-image subset: the whole chapter in seconds.
         "smoke": {"steps": 100, "eval_every": 25, "probe_every": 25, "probe_size": 200,

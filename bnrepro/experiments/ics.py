@@ -39,6 +39,7 @@ from . import register
 @dataclasses.dataclass(frozen=True)
 class NoisyBNConfig(ExperimentConfig):
     experiment = "noisy_bn"
+    result_keys = ("history", "probes", "ics", "landscape", "parameters", "data_source")
     profiles = {
         "smoke": {"n_train": 768, "n_test": 256, "epochs": 1, "probe_every": 3, "eval_every_steps": 3},
         "cpu": {},
@@ -135,6 +136,7 @@ register(NoisyBNConfig, run_noisy_bn, sweep_noisy_bn, data_parallel=True)
 @dataclasses.dataclass(frozen=True)
 class DLNConfig(ExperimentConfig):
     experiment = "ics_dln"
+    result_keys = ("history", "ics")
     profiles = {"smoke": {"epochs": 1, "n_train": 512, "ics_every": 2},
                 "cpu": {}, "paper": {"epochs": 20, "n_train": 16384}}
 
@@ -184,6 +186,7 @@ register(DLNConfig, run_dln, sweep_dln, data_parallel=True)
 @dataclasses.dataclass(frozen=True)
 class GhostConfig(ExperimentConfig):
     experiment = "ghost_bn"
+    result_keys = ("history", "train_eval", "test_eval", "gap", "loss_gap")
     profiles = {"smoke": {"n_train": 384, "n_test": 256, "epochs": 2},
                 "cpu": {},
                 "paper": {"dataset": "cifar10", "vgg": "vgg11", "hidden": 512, "n_train": 10000,
@@ -242,6 +245,7 @@ register(GhostConfig, run_ghost, sweep_ghost, data_parallel=True)
 @dataclasses.dataclass(frozen=True)
 class DecouplingConfig(ExperimentConfig):
     experiment = "decoupling"
+    result_keys = ("problem", "f_star", "condition_number", "lambda_max", "runs", "scale_invariant")
     profiles = {"smoke": {"steps": 60}, "cpu": {}, "paper": {"dim": 100, "condition": 1e4, "steps": 3000}}
 
     problem: str = "least_squares"    # "least_squares" | "logistic"

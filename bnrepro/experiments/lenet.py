@@ -31,6 +31,7 @@ from . import register
 @dataclasses.dataclass(frozen=True)
 class LeNetConfig(ExperimentConfig):
     experiment = "lenet"
+    result_keys = ("history", "parameters", "data_source")
     profiles = {
         "smoke": {"epochs": 2, "n_train": 2048, "n_test": 512},
         "cpu": {},  # d2l's own settings fit a laptop CPU (about a minute a run)

@@ -123,6 +123,8 @@ def _run(cfg: _TrainConfig, device) -> Result:
 @dataclasses.dataclass(frozen=True)
 class SkipInitDepthConfig(_TrainConfig):
     experiment = "skipinit_depth"
+    result_keys = ("history", "diverged", "diverged_at_step", "steps_run", "planned_steps", "test_acc",
+                   "final_train_loss", "alpha_abs_mean", "num_blocks", "parameters", "data_source")
     profiles = {"smoke": {"train_examples": 64, "n_train": 512, "n_test": 128},
                 "cpu": {},  # 100 steps of batch 32
                 "paper": _PAPER}
@@ -141,6 +143,8 @@ def sweep_depth(profile: str) -> list[SkipInitDepthConfig]:
 @dataclasses.dataclass(frozen=True)
 class SkipInitBatchConfig(_TrainConfig):
     experiment = "skipinit_batch"
+    result_keys = ("history", "diverged", "diverged_at_step", "steps_run", "planned_steps", "test_acc",
+                   "final_train_loss", "alpha_abs_mean", "num_blocks", "parameters", "data_source")
     profiles = {"smoke": {"train_examples": 64, "n_train": 512, "n_test": 128},
                 # a fixed budget of 16,384 examples: 1,024 steps at batch 16, 16 at batch 1024
                 "cpu": {"train_examples": 16_384, "n_test": 2000},
