@@ -200,6 +200,21 @@ def save(result: Result, cfg: ExperimentConfig, root: Path | None = None, parall
     return path
 
 
+def save_or_rescue(result: Result, cfg: ExperimentConfig, root: Path | None = None, parallel=None) -> Path:
+    """:func:`save`; should that fail (the folder changed during the run), save to
+    :func:`rescue_dir` and raise :class:`ResultsFolderError` saying where: a finished run is never lost."""
+    try:
+        return save(result, cfg, root, parallel)
+    except OSError as exc:
+        why = f"could not store the result in {path_for(cfg, root, parallel)} ({exc.strerror or exc})"
+    try:
+        kept = save(result, cfg, rescue_dir(), parallel)
+    except OSError as again:
+        raise ResultsFolderError(f"{why}, nor in {rescue_dir()} ({again.strerror or again}): {_fix()}") from None
+    raise ResultsFolderError(f"{why}; it is kept in {kept}: {_fix()} and move it there, "
+                             f"or set {RESULTS_ENV}={rescue_dir()} to load it from where it is")
+
+
 def read(path: Path, cfg: ExperimentConfig | None = None, parallel=None) -> Result:
     """Parse and check a stored result; raises CorruptResult with the reason."""
     try:
@@ -270,16 +285,7 @@ def load_or_run(cfg: ExperimentConfig, *, force: bool = False, device=None,
     with cpu_threads("cpu", run_threads()):  # one pinned count for every stored run: see run_threads
         result = run_parallel(cfg, spec, device=device)
     result.config_hash = config_hash(cfg)
-    try:
-        path = save(result, cfg, root, spec)
-    except OSError as exc:  # the folder changed during the run: never lose a finished result
-        why = f"could not store the result in {target} ({exc.strerror or exc})"
-        try:
-            kept = save(result, cfg, rescue_dir(), spec)
-        except OSError as again:
-            raise ResultsFolderError(f"{why}, nor in {rescue_dir()} ({again.strerror or again}): {_fix()}") from None
-        raise ResultsFolderError(f"{why}; it is kept in {kept}: {_fix()} and move it there, "
-                                 f"or set {RESULTS_ENV}={rescue_dir()} to load it from where it is") from None
+    path = save_or_rescue(result, cfg, root, spec)
     if verbose:
         print(f"done in {time.perf_counter() - start:.1f} s; stored as {path.parent.name}/{path.name}")
     return result
