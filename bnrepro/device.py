@@ -146,7 +146,10 @@ def run_threads() -> int:
     networks anyway (see :func:`cpu_threads`); parallelism comes from ``--jobs``.
     Setting ``BNREPRO_THREADS`` (recorded in each result's provenance) changes
     numbers only within that tolerance, far below the seed-to-seed spread that
-    the book's claims are judged on, so results with another count are still loaded.
+    the book's claims are judged on, so results with another count are still
+    loaded. Over long runs such a difference can grow as any rounding
+    difference does in training (a new PyTorch version does the same): that is
+    why claims are judged on intervals over seeds, never on one run's last digits.
     """
     text = os.environ.get(THREADS_ENV, "").strip()
     if not text:
