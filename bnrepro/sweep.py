@@ -163,9 +163,21 @@ def _sweep(configs, executor, jobs, parallel, device, force, root, folder, clust
     return report
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool-worker initializer: end this worker once its sweep process is gone (killed with
+    SIGKILL, which no handler sees), rather than go on running queued runs as an orphan."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)  # a save cut short leaves only a temporary, which the next run removes
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _pool(todo, report, jobs, parallel, device, force, root, log):
     ctx = multiprocessing.get_context("spawn")  # no forked torch state in the workers
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_exit_with_parent,
+                                initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_run_one, cfg, parallel, device, force, root): cfg for cfg in todo}
         try:
             for i, fut in enumerate(cf.as_completed(futures), 1):

@@ -226,3 +226,51 @@ def test_an_unusable_results_folder_stops_a_pooled_sweep_before_any_run(tmp_path
     monkeypatch.setattr(sweep, "_pool", lambda *a, **k: pytest.fail("a run was started"))
     with pytest.raises(ResultsFolderError, match="is a file, not a folder.*BNREPRO_RESULTS"):
         run_sweep(_lenet_configs([0, 1]), jobs=2, log=lambda *a, **k: None)
+
+
+@needs_fashion_mnist
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux /proc")
+def test_workers_of_a_sweep_killed_with_sigkill_end_too(tmp_results):
+    args = ["run", "lenet", "--profile", "smoke", "--set", "n_train=1024", "--set", "n_test=256",
+            "--grid", f"seed={SEEDS}", "--jobs", "2"]
+    paths = [path_for(c) for c in _lenet_configs(int(s) for s in SEEDS.split(","))]
+    proc = _bnrepro(args, tmp_results, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.exists() for p in paths):
+            assert proc.poll() is None, f"sweep ended before any run finished:\n{proc.stdout.read()}"
+            assert time.monotonic() < deadline, "no run finished within 120 s"
+            time.sleep(0.05)
+        workers = _descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)  # the parent only: no handler of it runs
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 120
+        while any(_running(pid) for pid in workers):
+            assert time.monotonic() < deadline, "orphaned workers still running 120 s after their sweep died"
+            time.sleep(0.05)
+        assert sum(p.exists() for p in paths) < len(paths), "the orphans did not go on with the queued runs"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.stdout.close()
+
+
+def test_sigterm_stops_an_in_process_sweep_and_restores_the_handler(tmp_results, monkeypatch):
+    import bnrepro.store as store
+    from bnrepro.sweep import Terminated
+
+    configs = _lenet_configs([0, 1, 2])
+    ran = []
+
+    def fake(cfg, **kw):
+        ran.append(cfg.seed)
+        if cfg.seed == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` does, mid-run
+        store.save(store.Result(cfg.experiment, cfg.to_dict(), {"ok": 1}, {}), cfg)
+
+    monkeypatch.setattr(store, "load_or_run", fake)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated):
+        run_sweep(configs, log=lambda *a, **k: None)
+    assert ran == [0, 1], "no run starts after SIGTERM"
+    assert path_for(configs[0]).exists() and not path_for(configs[1]).exists()
+    assert signal.getsignal(signal.SIGTERM) is before
