@@ -46,9 +46,10 @@ def current_profile(default: str = "cpu") -> str:
 class ExperimentConfig:
     """Base class of every experiment's config.
 
-    Subclasses set ``experiment`` (the registry name), ``profiles``: a map
+    Subclasses set ``experiment`` (the registry name), ``profiles`` (a map
     from profile name to the field overrides that profile applies on top of
-    the defaults, and ``result_keys``: what their run's ``data`` always holds. Validation happens in ``__post_init__`` via ``validate``,
+    the defaults) and ``result_keys`` (what their run's ``data`` always
+    holds). Validation happens in ``__post_init__`` via ``validate``,
     so a bad value fails when the config is made, naming the field.
     """
 

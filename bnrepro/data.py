@@ -29,8 +29,8 @@ from bnrepro.config import ConfigError
 from bnrepro.device import get_device
 
 __all__ = [
-    "DATASETS", "DATASET_SIZES", "require_subset", "DEBIAN_FASHION_MNIST_DIR", "DataNotFoundError", "data_dir", "cache_dir",
-    "TensorData", "load_dataset", "Batches", "random_crop_flip",
+    "DATASETS", "DATASET_SIZES", "require_subset", "DEBIAN_FASHION_MNIST_DIR", "DataNotFoundError", "data_dir",
+    "cache_dir", "TensorData", "load_dataset", "Batches", "random_crop_flip",
 ]
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10")
