@@ -19,11 +19,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import signal
 import sys
 
 from .config import PROFILES, ConfigError, current_profile
 from .launch import BN_MODES, WorkerError
-from .sweep import EXECUTORS
+from .store import ResultsFolderError
+from .sweep import EXECUTORS, Terminated
 
 
 def _parse_value(field: dataclasses.Field, text: str):
@@ -266,17 +268,18 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DataNotFoundError, ValueError, KeyError) as exc:
+    except (ConfigError, DataNotFoundError, ResultsFolderError, ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"bnrepro: error: {msg}", file=sys.stderr)
         return 2
     except WorkerError as exc:
         print(f"bnrepro: error: a data-parallel process failed: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("\nbnrepro: interrupted. Finished runs are stored; run the same command again to resume.",
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a sweep (Terminated)
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\nbnrepro: {how}. Finished runs are stored; run the same command again to resume.",
               file=sys.stderr)
-        return 130
+        return 128 + signal.SIGTERM if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from typing import Any, ClassVar
 
@@ -45,14 +46,18 @@ def current_profile(default: str = "cpu") -> str:
 class ExperimentConfig:
     """Base class of every experiment's config.
 
-    Subclasses set ``experiment`` (the registry name) and ``profiles``: a map
+    Subclasses set ``experiment`` (the registry name), ``profiles`` (a map
     from profile name to the field overrides that profile applies on top of
-    the defaults. Validation happens in ``__post_init__`` via ``validate``,
+    the defaults) and ``result_keys`` (what their run's ``data`` always
+    holds). Validation happens in ``__post_init__`` via ``validate``,
     so a bad value fails when the config is made, naming the field.
     """
 
     experiment: ClassVar[str] = ""
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Keys every result of this experiment holds in its ``data``: the store refuses (and
+    #: recomputes) a stored result without one. A class attribute, so no part of the hash.
+    result_keys: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -62,6 +67,12 @@ class ExperimentConfig:
             elif f.type in ("float", float) and isinstance(value, int) and not isinstance(value, bool):
                 # lr=1 and lr=1.0 are the same experiment: give them one hash
                 object.__setattr__(self, f.name, float(value))
+            value = getattr(self, f.name)
+            # inf/nan pass "lr > 0"-style checks (nan fails them with a puzzling message) and only
+            # fail mid-run; no field of any experiment means anything non-finite, so refuse it here.
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                raise ConfigError(f"{f.name}={value!r}: must be a finite number")
         self.validate()
 
     def validate(self) -> None:  # overridden by subclasses

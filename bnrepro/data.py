@@ -25,14 +25,17 @@ import numpy as np
 import torch
 
 from bnrepro.batching import Batches, random_crop_flip  # re-exported: the data API
+from bnrepro.config import ConfigError
 from bnrepro.device import get_device
 
 __all__ = [
-    "DATASETS", "DEBIAN_FASHION_MNIST_DIR", "DataNotFoundError", "data_dir", "cache_dir",
-    "TensorData", "load_dataset", "Batches", "random_crop_flip",
+    "DATASETS", "DATASET_SIZES", "require_subset", "DEBIAN_FASHION_MNIST_DIR", "DataNotFoundError", "data_dir",
+    "cache_dir", "TensorData", "load_dataset", "Batches", "random_crop_flip",
 ]
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10")
+#: (training, test) images of the official files, so configs can check n_train/n_test up front.
+DATASET_SIZES = {"fashion-mnist": (60000, 10000), "mnist": (60000, 10000), "cifar10": (50000, 10000)}
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist",
             "fmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar_10": "cifar10"}
 #: Where the Debian package ``dataset-fashion-mnist`` installs its files.
@@ -325,6 +328,18 @@ class TensorData:
         c, h, w = self.x_train.shape[1:]
         return (f"TensorData({self.name!r}, train={len(self.x_train)}, test={len(self.x_test)}, "
                 f"image={c}x{h}x{w}, classes={self.num_classes}, device={self.x_train.device})")
+
+
+def require_subset(dataset: str, n_train: int | None, n_test: int | None) -> None:
+    """Raise :class:`~bnrepro.config.ConfigError` naming the field if ``n_train`` or ``n_test``
+    asks for more images than ``dataset`` has (``None`` means all); for configs' ``validate``."""
+    sizes = DATASET_SIZES.get(dataset)
+    if sizes is None:
+        return  # an unknown name is the dataset field's own error
+    for field, n, size, part in (("n_train", n_train, sizes[0], "training"), ("n_test", n_test, sizes[1], "test")):
+        if n is not None and n > size:
+            raise ConfigError(f"{field}={n!r}: {dataset} has {size} {part} images; "
+                              f"use at most {size}, or None for all of them")
 
 
 def _check_count(field: str, n, size: int) -> int:

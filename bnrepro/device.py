@@ -14,10 +14,16 @@ import os
 
 import torch
 
-__all__ = ["ENV_VAR", "get_device", "describe_device", "synchronize", "available_devices"]
+__all__ = ["ENV_VAR", "THREADS_ENV", "get_device", "describe_device", "synchronize", "available_devices",
+           "cpu_threads", "run_threads", "THREAD_TOLERANCE"]
 
 #: Environment variable consulted when no device argument is given.
 ENV_VAR = "BNREPRO_DEVICE"
+#: Environment variable setting the CPU threads of every stored run (see :func:`run_threads`).
+THREADS_ENV = "BNREPRO_THREADS"
+#: Relative difference (of losses and other continuous results) that runs of one config on
+#: different thread counts stay within, after the book's short smoke-profile training runs.
+THREAD_TOLERANCE = 1e-4
 
 # Device types we know how to check for availability. Anything else that
 # torch can parse ("meta", "xpu", ...) is rejected rather than trusted blindly.
@@ -125,6 +131,37 @@ def synchronize(device: str | torch.device) -> None:
         torch.cuda.synchronize(dev)
     elif dev.type == "mps":
         torch.mps.synchronize()
+
+
+def run_threads() -> int:
+    """CPU intra-op threads of every run that goes into the results store: ``$BNREPRO_THREADS``, else 1.
+
+    A thread count changes the order of floating-point sums, so the same config
+    run on 1 or 2 threads differs in the last digits (about 1e-6 relative after
+    a short training run; tested to stay within :data:`THREAD_TOLERANCE`). The
+    count is pinned rather than made part of the result key: one fixed count
+    for every run, whichever executor and however many ``--jobs``, makes
+    ``--jobs`` change nothing, keeps every config hash (and so every stored
+    result) valid, and one thread is the fastest way to run the book's small
+    networks anyway (see :func:`cpu_threads`); parallelism comes from ``--jobs``.
+    Setting ``BNREPRO_THREADS`` (recorded in each result's provenance) changes
+    numbers only within that tolerance, far below the seed-to-seed spread that
+    the book's claims are judged on, so results with another count are still
+    loaded. Over long runs such a difference can grow as any rounding
+    difference does in training (a new PyTorch version does the same): that is
+    why claims are judged on intervals over seeds, never on one run's last digits.
+    """
+    text = os.environ.get(THREADS_ENV, "").strip()
+    if not text:
+        return 1
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{THREADS_ENV}={text!r}: must be a whole number >= 1 (CPU threads per run); "
+                         f"unset it for the default, 1")
+    return n
 
 
 @contextlib.contextmanager

@@ -270,7 +270,7 @@ def run_torchrun(configs, spec: DataParallel, device=None, force: bool = False, 
     """
     from .device import get_device
     from .experiments import get_experiment
-    from .store import load, result_key, save
+    from .store import ResultsFolderError, load, path_for, prepare_folder, result_key, save_or_rescue
 
     rank, world, local = torchrun_world() or (0, 1, 0)
     if world == 1:
@@ -299,8 +299,17 @@ def run_torchrun(configs, spec: DataParallel, device=None, force: bool = False, 
     try:
         for i, cfg in enumerate(configs, 1):
             key = result_key(cfg, spec)
-            stored = [not force and load(cfg, root, parallel=spec) is not None] if rank == 0 else [None]
+            stored = [None, None]  # [found stored, why it could not be stored]: rank 0 decides for all
+            if rank == 0:
+                stored[0] = not force and load(cfg, root, parallel=spec) is not None
+                if not stored[0]:
+                    try:  # checked before the run, not after it: a refused save would waste it
+                        prepare_folder(path_for(cfg, root, spec).parent)
+                    except ResultsFolderError as exc:
+                        stored[1] = str(exc)
             dist.broadcast_object_list(stored, src=0)  # every rank does what rank 0 found
+            if stored[1]:
+                raise ResultsFolderError(stored[1])
             if stored[0]:
                 say(f"[{i}/{len(configs)}] found stored result, loading: {key}")
                 continue
@@ -310,7 +319,7 @@ def run_torchrun(configs, spec: DataParallel, device=None, force: bool = False, 
                 result = get_experiment(cfg.experiment).run(cfg, device=dev)
             if rank == 0:
                 _stamp(result, spec, backend, time.perf_counter() - start, launcher="torchrun")
-                path = save(result, cfg, root, spec)
+                path = save_or_rescue(result, cfg, root, spec)
                 say(f"done in {time.perf_counter() - start:.1f} s; stored as {path.parent.name}/{path.name}")
             ran += 1
             dist.barrier()

@@ -3,9 +3,16 @@
 A result lives at ``<results_dir>/<experiment>/<config hash>.json``. It is
 written atomically (temporary file in the same folder, then ``os.replace``),
 and carries ``"complete": true`` and its own config hash; a file that does
-not parse, lacks either, or was made from another config is reported and
-recomputed, never loaded. A run whose complete file exists is not run again
-(open_lth's completion-marker habit).
+not parse, lacks either, was made from another config, or does not have the
+shape of a result (:func:`check_schema`) is reported and recomputed, never
+loaded. A run whose complete file exists is not run again (open_lth's
+completion-marker habit).
+
+Before anything is run, the folder it will be stored in is checked to be
+writable (:func:`prepare_folder`), so a read-only or misplaced results folder
+is one clear error naming the fix, not a finished run thrown away; the same
+check removes temporaries that a killed save left behind. Should a save still
+fail, the result is written to a rescue folder and the error says where.
 """
 
 from __future__ import annotations
@@ -21,10 +28,14 @@ from pathlib import Path
 from typing import Any
 
 from .config import ExperimentConfig, config_hash
+from .device import cpu_threads, run_threads
 from .provenance import REPO_ROOT
 
 RESULTS_ENV = "BNREPRO_RESULTS"
 FORMAT_VERSION = 1
+#: A temporary file of a save older than this (seconds) is left over from a killed save: a save
+#: writes a few kB and renames it at once, so no live save is anywhere near this old.
+STALE_TMP_S = 600.0
 
 
 def results_dir() -> Path:
@@ -66,6 +77,77 @@ class Result:
 
 class CorruptResult(Exception):
     pass
+
+
+class ResultsFolderError(RuntimeError):
+    """The results folder cannot take a result; the message names the folder and the fix."""
+
+
+def _fix() -> str:
+    return f"set {RESULTS_ENV} to a writable folder (results folder now: {results_dir()})"
+
+
+def prepare_folder(folder: Path) -> None:
+    """Make ``folder`` and prove a file can be written in it, before anything is run into it;
+    remove temporaries older than :data:`STALE_TMP_S` that killed saves left there.
+
+    Raises :class:`ResultsFolderError` naming the folder and the fix (``BNREPRO_RESULTS``).
+    """
+    folder = Path(folder)
+    for part in (folder, *folder.parents):  # the nearest existing part of the path
+        if part.exists():
+            if not part.is_dir():
+                raise ResultsFolderError(f"results path {part} is a file, not a folder: move it away, or {_fix()}")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ResultsFolderError(f"cannot write results into {folder} ({exc.strerror or exc}): {_fix()}") from None
+    now = time.time()
+    for tmp in folder.glob("*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TMP_S:
+                tmp.unlink()
+        except OSError:  # gone already (another process cleaned it), or not ours to remove
+            pass
+
+
+def rescue_dir() -> Path:
+    """Where a result goes when its results folder refuses it: load it with ``BNREPRO_RESULTS`` set here."""
+    return Path(tempfile.gettempdir()) / "bnrepro-rescued-results"
+
+
+#: The top level of a stored result: key -> the JSON type it must have.
+_SCHEMA = {"format": int, "experiment": str, "config_hash": str, "config": dict, "data": dict,
+           "provenance": dict}
+
+
+def check_schema(blob: dict, cfg: ExperimentConfig | None = None) -> None:
+    """Raise :class:`CorruptResult` unless ``blob`` has the shape of a stored result (of ``cfg``).
+
+    Checks the format version, the type of each top-level entry, that ``data``
+    is not empty, and, given ``cfg``, the experiment name and the measurements
+    its results always hold (``cfg.result_keys``). A file that passes can be
+    read by the chapters without a ``KeyError`` later.
+    """
+    if blob.get("format") != FORMAT_VERSION:
+        raise CorruptResult(f"format {blob.get('format')!r}; this version of bnrepro reads format {FORMAT_VERSION}")
+    for key, kind in _SCHEMA.items():
+        if not isinstance(blob[key], kind) or isinstance(blob[key], bool):
+            raise CorruptResult(f"{key!r} is {type(blob[key]).__name__}, not {kind.__name__}")
+    if not isinstance(blob.get("parallel"), (dict, type(None))):
+        raise CorruptResult(f"'parallel' is {type(blob['parallel']).__name__}, not dict")
+    if not blob["data"]:
+        raise CorruptResult("'data' holds no measurements")
+    if cfg is not None:
+        if blob["experiment"] != cfg.experiment:
+            raise CorruptResult(f"made by experiment {blob['experiment']!r}, not {cfg.experiment!r}")
+        missing = [k for k in cfg.result_keys if k not in blob["data"]]
+        if missing:
+            raise CorruptResult(f"'data' lacks {', '.join(map(repr, missing))}")
 
 
 def _spec(parallel):
@@ -118,6 +200,21 @@ def save(result: Result, cfg: ExperimentConfig, root: Path | None = None, parall
     return path
 
 
+def save_or_rescue(result: Result, cfg: ExperimentConfig, root: Path | None = None, parallel=None) -> Path:
+    """:func:`save`; should that fail (the folder changed during the run), save to
+    :func:`rescue_dir` and raise :class:`ResultsFolderError` saying where: a finished run is never lost."""
+    try:
+        return save(result, cfg, root, parallel)
+    except OSError as exc:
+        why = f"could not store the result in {path_for(cfg, root, parallel)} ({exc.strerror or exc})"
+    try:
+        kept = save(result, cfg, rescue_dir(), parallel)
+    except OSError as again:
+        raise ResultsFolderError(f"{why}, nor in {rescue_dir()} ({again.strerror or again}): {_fix()}") from None
+    raise ResultsFolderError(f"{why}; it is kept in {kept}: {_fix()} and move it there, "
+                             f"or set {RESULTS_ENV}={rescue_dir()} to load it from where it is")
+
+
 def read(path: Path, cfg: ExperimentConfig | None = None, parallel=None) -> Result:
     """Parse and check a stored result; raises CorruptResult with the reason."""
     try:
@@ -129,6 +226,7 @@ def read(path: Path, cfg: ExperimentConfig | None = None, parallel=None) -> Resu
     for key in ("experiment", "config", "data", "provenance", "config_hash"):
         if key not in blob:
             raise CorruptResult(f"missing key {key!r}")
+    check_schema(blob, cfg)
     if cfg is not None:
         if blob["config_hash"] != config_hash(cfg) or blob["config"] != _jsonable(cfg.to_dict()):
             raise CorruptResult("made from another config")
@@ -172,18 +270,22 @@ def load_or_run(cfg: ExperimentConfig, *, force: bool = False, device=None,
         found = load(cfg, root, verbose=verbose, parallel=spec)
         if found is not None:
             if verbose:
+                wall = found.provenance.get("wall_time_s")
+                took = f"{wall:.0f} s" if isinstance(wall, (int, float)) else "time unknown"
                 print(f"found stored result, loading: {result_key(cfg, spec)} "
-                      f"(run on {found.provenance.get('device', '?')}, "
-                      f"{found.provenance.get('wall_time_s', float('nan')):.0f} s)")
+                      f"(run on {found.provenance.get('device', '?')}, {took})")
             return found
+    target = path_for(cfg, root, spec)
+    prepare_folder(target.parent)  # before the run, not after: a refused save would waste it
     if verbose:
         why = "recomputing (force)" if force else "no stored result: running"
         where = "" if spec.is_default else f" over {spec.nproc} process(es), BN mode {spec.bn_mode}"
         print(f"{why} {result_key(cfg, spec)}{where} ...", flush=True)
     start = time.perf_counter()
-    result = run_parallel(cfg, spec, device=device)
+    with cpu_threads("cpu", run_threads()):  # one pinned count for every stored run: see run_threads
+        result = run_parallel(cfg, spec, device=device)
     result.config_hash = config_hash(cfg)
-    path = save(result, cfg, root, spec)
+    path = save_or_rescue(result, cfg, root, spec)
     if verbose:
         print(f"done in {time.perf_counter() - start:.1f} s; stored as {path.parent.name}/{path.name}")
     return result

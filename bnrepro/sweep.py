@@ -4,13 +4,20 @@ The results store is the sweep's only state: every run writes its own result
 atomically when it finishes, and a run whose result is stored is not run
 again. So a sweep that is interrupted -- Ctrl-C, a killed process, a lost
 node -- is resumed by starting it again: finished runs are loaded, the rest
-are run. No home-made scheduler, no state file to go stale.
+are run. No home-made scheduler, no state file to go stale. SIGTERM (a
+``kill``, a scheduler's stop) is handled like Ctrl-C: no new runs start, the
+runs in progress are ended (their results are not stored), and the command
+says how to resume. Before the first run starts, the results folder is
+checked to be writable (:func:`bnrepro.store.prepare_folder`).
+
+Every run uses the same pinned number of CPU threads
+(:func:`bnrepro.device.run_threads`), whichever executor and however many
+``jobs``: so ``--jobs`` does not change a stored number.
 
 Executors:
 
 * ``local`` (default): this process (``jobs=1``) or a pool of ``jobs``
-  worker processes (:class:`concurrent.futures.ProcessPoolExecutor`); CPU
-  threads are split between the workers.
+  worker processes (:class:`concurrent.futures.ProcessPoolExecutor`).
 * ``submitit``: `submitit <https://github.com/facebookincubator/submitit>`_
   (``pip install 'bnrepro[sweep]'``): SLURM array jobs on a cluster, its local
   executor elsewhere (``cluster="local"`` forces it); ``params`` go to
@@ -23,18 +30,46 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
+import contextlib
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from .config import ConfigError, ExperimentConfig
+from .device import run_threads
 from .store import result_key
 
-__all__ = ["EXECUTORS", "SweepReport", "run_sweep", "pending"]
+__all__ = ["EXECUTORS", "SweepReport", "Terminated", "run_sweep", "pending"]
 
 EXECUTORS = ("local", "submitit")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during a sweep: stopped the way Ctrl-C stops it (a KeyboardInterrupt, so that every
+    handler of Ctrl-C applies)."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Turn SIGTERM into :class:`Terminated` while the sweep runs (main thread only: Python
+    delivers signals there); the previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        raise Terminated(f"terminated by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclasses.dataclass
@@ -59,14 +94,11 @@ def pending(configs: Sequence[ExperimentConfig], parallel=None, root: Path | Non
     return [c for c in configs if load(c, root, verbose=True, parallel=parallel) is None]
 
 
-def _run_one(cfg: ExperimentConfig, parallel, device, force: bool, root, threads: int | None) -> str:
-    """Worker body (a pool process or a submitit job): run one config into the store."""
-    import torch
-
+def _run_one(cfg: ExperimentConfig, parallel, device, force: bool, root) -> str:
+    """Worker body (a pool process or a submitit job): run one config into the store
+    (on :func:`bnrepro.device.run_threads` threads, as every stored run)."""
     from .store import load_or_run, results_dir
 
-    if threads:
-        torch.set_num_threads(threads)
     if root is not None:  # a submitit job on another node: the store the sweep was started with
         os.environ["BNREPRO_RESULTS"] = str(root)
     load_or_run(cfg, force=force, device=device, parallel=parallel, verbose=False)
@@ -81,13 +113,21 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, executor: str = "local", j
 
     One failing run does not stop the others: its error is in ``report.failed``.
     ``parallel`` (:class:`bnrepro.parallel.DataParallel`) applies to every run.
+    SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) after ending the runs in progress.
+    Raises :class:`bnrepro.store.ResultsFolderError` before any run if the results cannot be stored.
     """
-    from .store import load_or_run, results_dir
-
     if executor not in EXECUTORS:
         raise ConfigError(f"executor={executor!r} is not one of {', '.join(EXECUTORS)}")
     if not isinstance(jobs, int) or jobs < 1:
         raise ConfigError(f"jobs={jobs!r}: run at least one job at a time")
+    run_threads()  # a bad BNREPRO_THREADS is one clear error, not one failure per run
+    with _sigterm_as_interrupt():
+        return _sweep(configs, executor, jobs, parallel, device, force, root, folder, cluster, params, log)
+
+
+def _sweep(configs, executor, jobs, parallel, device, force, root, folder, cluster, params, log) -> SweepReport:
+    from .store import load_or_run, path_for, prepare_folder, results_dir
+
     start = time.perf_counter()
     todo = list(configs) if force else pending(configs, parallel, root)
     report = SweepReport(total=len(configs), stored=len(configs) - len(todo))
@@ -96,6 +136,8 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, executor: str = "local", j
     if not todo:
         report.wall_time_s = time.perf_counter() - start
         return report
+    for where in sorted({path_for(cfg, root, parallel).parent for cfg in todo}):
+        prepare_folder(where)  # a run that could not be stored is not started
     log(f"running {len(todo)} run(s) with executor {executor!r}"
         + (f", {jobs} at a time" if jobs > 1 or executor != "local" else ""))
     if executor == "local" and jobs == 1:
@@ -121,15 +163,22 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, executor: str = "local", j
     return report
 
 
-def _threads_per_job(jobs: int) -> int:
-    return max(1, (os.cpu_count() or 1) // jobs)
+def _exit_with_parent(parent: int) -> None:
+    """Pool-worker initializer: end this worker once its sweep process is gone (killed with
+    SIGKILL, which no handler sees), rather than go on running queued runs as an orphan."""
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)  # a save cut short leaves only a temporary, which the next run removes
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _pool(todo, report, jobs, parallel, device, force, root, log):
-    threads = _threads_per_job(jobs)
     ctx = multiprocessing.get_context("spawn")  # no forked torch state in the workers
-    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-        futures = {pool.submit(_run_one, cfg, parallel, device, force, root, threads): cfg for cfg in todo}
+    with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_exit_with_parent,
+                                initargs=(os.getpid(),)) as pool:
+        futures = {pool.submit(_run_one, cfg, parallel, device, force, root): cfg for cfg in todo}
         try:
             for i, fut in enumerate(cf.as_completed(futures), 1):
                 key = result_key(futures[fut], parallel)
@@ -140,11 +189,16 @@ def _pool(todo, report, jobs, parallel, device, force, root, log):
                 except Exception as exc:  # noqa: BLE001
                     report.failed[key] = f"{type(exc).__name__}: {exc}"
                     log(f"[{i}/{len(todo)}] failed {key}: {type(exc).__name__}: {exc}")
-        except BaseException:  # Ctrl-C: no more runs, and end the ones in progress (not stored)
-            workers = list(getattr(pool, "_processes", {}).values())  # no public handle on them
+        except BaseException:  # Ctrl-C or SIGTERM: no more runs, and end the ones in progress (not stored)
+            workers = list((getattr(pool, "_processes", None) or {}).values())  # no public handle on them
             pool.shutdown(wait=False, cancel_futures=True)
             for proc in workers:
                 proc.terminate()
+            for proc in workers:  # gone before we are: no orphan goes on running or holds our stdout
+                proc.join(timeout=10)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(timeout=10)
             raise
 
 
@@ -158,7 +212,6 @@ def _submitit(todo, report, jobs, parallel, device, force, store, folder, cluste
     local = ex.cluster in ("local", "debug")
     # submitit's local executor stops a job after 2 minutes unless told otherwise.
     ex.update_parameters(**{"timeout_min": 24 * 60, **params})
-    threads = _threads_per_job(jobs) if local else None
     log(f"submitit: cluster {ex.cluster!r}, logs in {folder}")
     waiting = list(todo)
     running: dict[Any, ExperimentConfig] = {}
@@ -168,7 +221,7 @@ def _submitit(todo, report, jobs, parallel, device, force, store, folder, cluste
             # SLURM queues every job; the local executor would start them all at once.
             while waiting and (not local or len(running) < jobs):
                 cfg = waiting.pop(0)
-                running[ex.submit(_run_one, cfg, parallel, device, force, store, threads)] = cfg
+                running[ex.submit(_run_one, cfg, parallel, device, force, store)] = cfg
             for job in [j for j in running if j.done()]:
                 cfg = running.pop(job)
                 done += 1

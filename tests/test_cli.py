@@ -63,3 +63,16 @@ def test_run_one_config_stores_it(tmp_results, capsys):
     assert main(argv) == 0
     assert "1 of 1 run(s) already stored: loaded, not run again" in capsys.readouterr().out
     assert files[0].stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["run", "lenet", "--profile", "smoke", "--set", "lr=inf"], "lr=inf: must be a finite number"),
+    (["run", "lenet", "--profile", "smoke", "--grid", "lr=0.1,nan"], "lr=nan: must be a finite number"),
+    (["run", "lenet", "--profile", "smoke", "--set", "n_train=60001"],
+     "n_train=60001: fashion-mnist has 60000 training images"),
+])
+def test_impossible_values_fail_before_any_run(argv, needle, capsys, tmp_results):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not tmp_results.exists()

@@ -74,3 +74,32 @@ def test_registry_has_sweeps_for_every_profile():
             assert configs and len({config_hash(c) for c in configs}) == len(configs)
     with pytest.raises(KeyError, match="unknown experiment"):
         get_experiment("nope")
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_numbers_are_refused_naming_the_field(value):
+    with pytest.raises(ConfigError, match=r"^lr=.*must be a finite number"):
+        LeNetConfig(lr=value)
+    decoupling = get_experiment("decoupling").config
+    with pytest.raises(ConfigError, match=r"^lrs=.*must be a finite number"):
+        decoupling.for_profile("smoke", lrs=(0.1, value))
+
+
+def _configs_with_a_dataset():
+    for exp in list_experiments():
+        names = {f.name for f in dataclasses.fields(exp.config)}
+        if {"dataset", "n_train", "n_test"} <= names:
+            yield exp.name
+
+
+@pytest.mark.parametrize("name", list(_configs_with_a_dataset()))
+def test_subsets_larger_than_the_dataset_are_refused_up_front(name):
+    from bnrepro.data import DATASET_SIZES
+
+    base = get_experiment(name).config.for_profile("smoke")
+    n_train, n_test = DATASET_SIZES[base.dataset]
+    base.replace(n_train=n_train, n_test=n_test)  # the whole set is fine
+    with pytest.raises(ConfigError, match=rf"^n_train={n_train + 1}: .* has {n_train} training images"):
+        base.replace(n_train=n_train + 1)
+    with pytest.raises(ConfigError, match=rf"^n_test={n_test + 1}: .* has {n_test} test images"):
+        base.replace(n_test=n_test + 1)

@@ -218,3 +218,20 @@ def test_measurements_keep_their_own_provenance(tmp_results, monkeypatch):
                         experiments.Experiment("stub_measurement", StubConfig, run, lambda p: [StubConfig()]))
     result = load_or_run(StubConfig(), verbose=False)
     assert result.provenance == {"world_size": 2, "backend": "gloo"} and result.parallel is None
+
+
+def test_torchrun_ranks_stop_before_training_when_results_cannot_be_stored(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    (tmp_path / "r").write_text("not a folder")
+    env = dict(os.environ, BNREPRO_RESULTS=str(tmp_path / "r"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "bnrepro", "run", "lenet", "--profile", "smoke", "--bn-mode", "sync", "--device", "cpu"]
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "is a file, not a folder" in out.stderr and "BNREPRO_RESULTS" in out.stderr, out.stderr
+    assert "running lenet" not in out.stdout, "no rank trains what could not be stored"

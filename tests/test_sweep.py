@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -107,3 +108,169 @@ def test_bad_sweep_arguments_are_clear_errors(args, message, tmp_results, capsys
     assert main(args) == 2
     assert message in capsys.readouterr().err
     assert not tmp_results.exists() or not any(tmp_results.rglob("*.json"))
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for kid in parents.get(todo.pop(), []):
+            found.add(kid)
+            todo.append(kid)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@needs_fashion_mnist
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux /proc")
+def test_sigterm_ends_a_pooled_sweep_and_its_workers_like_ctrl_c(tmp_results):
+    args = ["run", "lenet", "--profile", "smoke", "--set", "n_train=1024", "--set", "n_test=256",
+            "--grid", f"seed={SEEDS}", "--jobs", "2"]
+    paths = [path_for(c) for c in _lenet_configs(int(s) for s in SEEDS.split(","))]
+    proc = _bnrepro(args, tmp_results, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.exists() for p in paths):  # the workers are busy with runs
+            assert proc.poll() is None, f"sweep ended before any run finished:\n{proc.stdout.read()}"
+            assert time.monotonic() < deadline, "no run finished within 120 s"
+            time.sleep(0.05)
+        workers = _descendants(proc.pid)
+        assert workers, "a pooled sweep runs in worker processes"
+        os.kill(proc.pid, signal.SIGTERM)  # the parent only, as `kill PID` or a job scheduler does
+        try:  # end of output: no process is left holding the sweep's stdout
+            out, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the sweep's output stayed open 120 s after SIGTERM: a worker outlived it")
+        assert proc.returncode == 128 + signal.SIGTERM, out
+        assert "terminated. Finished runs are stored; run the same command again to resume" in out
+        deadline = time.monotonic() + 60
+        while any(_running(pid) for pid in workers):
+            assert time.monotonic() < deadline, f"workers still running after the sweep ended: {workers}"
+            time.sleep(0.05)
+        stored = [p for p in paths if p.exists()]
+        assert len(stored) < len(paths), "the runs not yet finished were not run by orphans"
+        for p in stored:
+            assert read(p).data["history"]["epochs"]
+    finally:
+        if proc.poll() is None or _descendants(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+
+
+@needs_fashion_mnist
+def test_jobs_do_not_change_the_threads_or_the_numbers_of_a_run(tmp_path, monkeypatch):
+    configs = [c.replace(n_train=256, n_test=64, epochs=1) for c in _lenet_configs([0, 1])]
+    stored = {}
+    for jobs in (1, 2):
+        monkeypatch.setenv("BNREPRO_RESULTS", str(tmp_path / f"jobs{jobs}"))
+        assert run_sweep(configs, jobs=jobs, log=lambda *a, **k: None).ok
+        stored[jobs] = [read(path_for(c), c) for c in configs]
+    for one, two in zip(stored[1], stored[2]):
+        assert one.provenance["threads"] == two.provenance["threads"] == 1  # the pinned default
+        assert one.data["history"]["epochs"] == two.data["history"]["epochs"]
+        assert one.data["history"]["steps"] == two.data["history"]["steps"]
+
+
+@needs_fashion_mnist
+def test_another_thread_count_changes_numbers_only_within_the_documented_tolerance(tmp_path, monkeypatch):
+    import math
+
+    from bnrepro.device import THREAD_TOLERANCE
+
+    cfg = _lenet_configs([0])[0].replace(n_train=1024, n_test=128, epochs=2)
+    runs = {}
+    for threads in ("1", "2"):
+        monkeypatch.setenv("BNREPRO_THREADS", threads)
+        monkeypatch.setenv("BNREPRO_RESULTS", str(tmp_path / threads))
+        assert run_sweep([cfg], log=lambda *a, **k: None).ok
+        runs[threads] = read(path_for(cfg), cfg)
+        assert runs[threads].provenance["threads"] == int(threads)
+    (a, b) = (r.data["history"] for r in runs.values())
+    pairs = [(x[1], y[1]) for x, y in zip(a["steps"], b["steps"])]
+    pairs += [(x[k], y[k]) for x, y in zip(a["epochs"], b["epochs"]) for k in ("train_loss", "test_loss")]
+    assert len(pairs) >= 5
+    for x, y in pairs:
+        assert math.isclose(x, y, rel_tol=THREAD_TOLERANCE), (x, y)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1"])
+def test_a_bad_thread_count_is_one_clear_error(value, tmp_results, monkeypatch, capsys):
+    monkeypatch.setenv("BNREPRO_THREADS", value)
+    assert main(["run", "lenet", "--profile", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert f"BNREPRO_THREADS={value!r}" in err and len(err.strip().splitlines()) == 1
+    assert not tmp_results.exists()
+
+
+def test_an_unusable_results_folder_stops_a_pooled_sweep_before_any_run(tmp_path, monkeypatch):
+    import bnrepro.sweep as sweep
+    from bnrepro.store import ResultsFolderError
+
+    (tmp_path / "r").write_text("")
+    monkeypatch.setenv("BNREPRO_RESULTS", str(tmp_path / "r"))
+    monkeypatch.setattr(sweep, "_pool", lambda *a, **k: pytest.fail("a run was started"))
+    with pytest.raises(ResultsFolderError, match="is a file, not a folder.*BNREPRO_RESULTS"):
+        run_sweep(_lenet_configs([0, 1]), jobs=2, log=lambda *a, **k: None)
+
+
+@needs_fashion_mnist
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux /proc")
+def test_workers_of_a_sweep_killed_with_sigkill_end_too(tmp_results):
+    args = ["run", "lenet", "--profile", "smoke", "--set", "n_train=1024", "--set", "n_test=256",
+            "--grid", f"seed={SEEDS}", "--jobs", "2"]
+    paths = [path_for(c) for c in _lenet_configs(int(s) for s in SEEDS.split(","))]
+    proc = _bnrepro(args, tmp_results, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.exists() for p in paths):
+            assert proc.poll() is None, f"sweep ended before any run finished:\n{proc.stdout.read()}"
+            assert time.monotonic() < deadline, "no run finished within 120 s"
+            time.sleep(0.05)
+        workers = _descendants(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)  # the parent only: no handler of it runs
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 120
+        while any(_running(pid) for pid in workers):
+            assert time.monotonic() < deadline, "orphaned workers still running 120 s after their sweep died"
+            time.sleep(0.05)
+        assert sum(p.exists() for p in paths) < len(paths), "the orphans did not go on with the queued runs"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.stdout.close()
+
+
+def test_sigterm_stops_an_in_process_sweep_and_restores_the_handler(tmp_results, monkeypatch):
+    import bnrepro.store as store
+    from bnrepro.sweep import Terminated
+
+    configs = _lenet_configs([0, 1, 2])
+    ran = []
+
+    def fake(cfg, **kw):
+        ran.append(cfg.seed)
+        if cfg.seed == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` does, mid-run
+        store.save(store.Result(cfg.experiment, cfg.to_dict(), {"ok": 1}, {}), cfg)
+
+    monkeypatch.setattr(store, "load_or_run", fake)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Terminated):
+        run_sweep(configs, log=lambda *a, **k: None)
+    assert ran == [0, 1], "no run starts after SIGTERM"
+    assert path_for(configs[0]).exists() and not path_for(configs[1]).exists()
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -28,7 +28,7 @@ import torch
 
 from ..basics import bn_layers, bn_statistics, recalibrate_bn
 from ..config import ExperimentConfig, require
-from ..data import DATASETS, load_dataset
+from ..data import DATASETS, load_dataset, require_subset
 from ..device import get_device
 from ..models import INITS
 from ..provenance import provenance
@@ -42,6 +42,7 @@ from .lenet import build_lenet
 @dataclasses.dataclass(frozen=True)
 class BNInferenceConfig(ExperimentConfig):
     experiment = "bn_inference"
+    result_keys = ("checkpoints", "history", "bn_layers", "steps_per_epoch", "data_source")
     profiles = {
         "smoke": {"epochs": 1, "n_train": 2048, "n_test": 512, "checkpoints": (1, 2, 5)},
         "cpu": {},      # 2 of d2l's 10 epochs: the effects show within the first few hundred steps
@@ -82,6 +83,7 @@ class BNInferenceConfig(ExperimentConfig):
         for name in ("n_train", "n_test"):
             value = getattr(self, name)
             require(value is None or value >= 1, name, value, "must be None (all) or >= 1")
+        require_subset(self.dataset, self.n_train, self.n_test)
 
 
 @torch.no_grad()

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from ..claims import Claim, at_least, at_most, between
 from ..config import ExperimentConfig, require
-from ..data import DATASETS, load_dataset, random_crop_flip
+from ..data import DATASETS, load_dataset, random_crop_flip, require_subset
 from ..device import get_device
 from ..freeze import (BN_INITS, FREEZINGS, apply_freezing, batchnorm_layers, batchnorm_parameter_names,
                       bn_gammas, init_batchnorm)
@@ -60,6 +60,8 @@ RECIPES = {
 @dataclasses.dataclass(frozen=True)
 class BNOnlyConfig(ExperimentConfig):
     experiment = "bn_only"
+    result_keys = ("history", "trainable", "arm", "bn_params", "total_params", "recipe", "image_size",
+                   "data_source", "test_acc", "train_acc", "bn_layer_sizes", "gammas_init", "gammas")
     profiles = {
         "smoke": {"dataset": "fashion-mnist", "image_pool": 2, "n_train": 512, "n_test": 256,
                   "epochs": 1, "depth": 8, "crop_pad": 2},
@@ -124,6 +126,7 @@ class BNOnlyConfig(ExperimentConfig):
         for name in ("n_train", "n_test"):
             value = getattr(self, name)
             require(value is None or value >= 2, name, value, "must be None (all) or >= 2")
+        require_subset(self.dataset, self.n_train, self.n_test)
 
     @property
     def recipe(self) -> str:

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..config import ExperimentConfig, require
-from ..data import DATASETS, DataNotFoundError, load_dataset
+from ..data import DATASETS, DataNotFoundError, load_dataset, require_subset
 from ..device import cpu_threads, get_device
 from ..models import ACTIVATIONS, MLP, NORMS, count_parameters
 from ..provenance import provenance
@@ -54,6 +54,8 @@ PERCENTILES = (0.15, 0.50, 0.85)  # Figure 1(b, c)
 @dataclasses.dataclass(frozen=True)
 class BNTrainingConfig(ExperimentConfig):
     experiment = "bn_training"
+    result_keys = ("history", "probe", "final_test_acc", "best_test_acc", "parameters", "data_source",
+                   "n_train", "n_test")
     profiles = {
         # 100 steps on a 6,000-image subset: the whole chapter in seconds.
         "smoke": {"steps": 100, "eval_every": 25, "probe_every": 25, "probe_size": 200,
@@ -122,6 +124,7 @@ class BNTrainingConfig(ExperimentConfig):
         for name in ("n_train", "n_test"):
             value = getattr(self, name)
             require(value is None or value >= 1, name, value, "must be None (all) or >= 1")
+        require_subset(self.dataset, self.n_train, self.n_test)
 
 
 # --------------------------------------------------------------------------- the network

@@ -20,7 +20,7 @@ import time
 import torch
 
 from ..config import ExperimentConfig, require
-from ..data import load_dataset
+from ..data import load_dataset, require_subset
 from ..decoupling import (decoupled_gd, gd, least_squares, linear_rate, logistic_regression,
                           scale_invariant_gd)
 from ..device import get_device
@@ -39,6 +39,7 @@ from . import register
 @dataclasses.dataclass(frozen=True)
 class NoisyBNConfig(ExperimentConfig):
     experiment = "noisy_bn"
+    result_keys = ("history", "probes", "ics", "landscape", "parameters", "data_source")
     profiles = {
         "smoke": {"n_train": 768, "n_test": 256, "epochs": 1, "probe_every": 3, "eval_every_steps": 3},
         "cpu": {},
@@ -72,6 +73,7 @@ class NoisyBNConfig(ExperimentConfig):
         require(self.norm in ("bn", "bnrepro", "none"), "norm", self.norm, "must be bn, bnrepro or none")
         require(self.vgg in VGG_CONFIGS, "vgg", self.vgg, f"must be one of {', '.join(VGG_CONFIGS)}")
         require(self.lr > 0, "lr", self.lr, "the learning rate must be > 0")
+        require_subset(self.dataset, self.n_train, self.n_test)
         require(self.noise_std_max >= self.noise_std_min >= 0, "noise_std_min", self.noise_std_min,
                 "need 0 <= noise_std_min <= noise_std_max")
         require(self.batch_size >= 2, "batch_size", self.batch_size, "BN needs >= 2 samples per batch")
@@ -134,6 +136,7 @@ register(NoisyBNConfig, run_noisy_bn, sweep_noisy_bn, data_parallel=True)
 @dataclasses.dataclass(frozen=True)
 class DLNConfig(ExperimentConfig):
     experiment = "ics_dln"
+    result_keys = ("history", "ics")
     profiles = {"smoke": {"epochs": 1, "n_train": 512, "ics_every": 2},
                 "cpu": {}, "paper": {"epochs": 20, "n_train": 16384}}
 
@@ -183,6 +186,7 @@ register(DLNConfig, run_dln, sweep_dln, data_parallel=True)
 @dataclasses.dataclass(frozen=True)
 class GhostConfig(ExperimentConfig):
     experiment = "ghost_bn"
+    result_keys = ("history", "train_eval", "test_eval", "gap", "loss_gap")
     profiles = {"smoke": {"n_train": 384, "n_test": 256, "epochs": 2},
                 "cpu": {},
                 "paper": {"dataset": "cifar10", "vgg": "vgg11", "hidden": 512, "n_train": 10000,
@@ -206,6 +210,7 @@ class GhostConfig(ExperimentConfig):
         require(2 <= self.ghost_batch_size, "ghost_batch_size", self.ghost_batch_size,
                 "a ghost batch needs >= 2 samples")
         require(self.lr > 0, "lr", self.lr, "the learning rate must be > 0")
+        require_subset(self.dataset, self.n_train, self.n_test)
 
 
 def run_ghost(cfg: GhostConfig, device=None) -> Result:
@@ -240,6 +245,7 @@ register(GhostConfig, run_ghost, sweep_ghost, data_parallel=True)
 @dataclasses.dataclass(frozen=True)
 class DecouplingConfig(ExperimentConfig):
     experiment = "decoupling"
+    result_keys = ("problem", "f_star", "condition_number", "lambda_max", "runs", "scale_invariant")
     profiles = {"smoke": {"steps": 60}, "cpu": {}, "paper": {"dim": 100, "condition": 1e4, "steps": 3000}}
 
     problem: str = "least_squares"    # "least_squares" | "logistic"

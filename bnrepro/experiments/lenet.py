@@ -17,7 +17,7 @@ import time
 import torch
 
 from ..config import ExperimentConfig, require
-from ..data import DATASETS, load_dataset
+from ..data import DATASETS, load_dataset, require_subset
 from ..device import get_device
 from ..models import INITS, NORMS, LeNet, count_parameters, init_weights
 from ..claims import Claim, at_least, between, within
@@ -31,6 +31,7 @@ from . import register
 @dataclasses.dataclass(frozen=True)
 class LeNetConfig(ExperimentConfig):
     experiment = "lenet"
+    result_keys = ("history", "parameters", "data_source")
     profiles = {
         "smoke": {"epochs": 2, "n_train": 2048, "n_test": 512},
         "cpu": {},  # d2l's own settings fit a laptop CPU (about a minute a run)
@@ -59,6 +60,7 @@ class LeNetConfig(ExperimentConfig):
         for name in ("n_train", "n_test"):
             value = getattr(self, name)
             require(value is None or value >= 1, name, value, "must be None (all) or >= 1")
+        require_subset(self.dataset, self.n_train, self.n_test)
 
 
 def build_lenet(cfg, data) -> LeNet:

@@ -38,6 +38,7 @@ from . import register
 @dataclasses.dataclass(frozen=True)
 class EquivalenceConfig(ExperimentConfig):
     experiment = "bn_equivalence"
+    result_keys = ("local_vs_ghost", "sync_vs_full", "local_vs_full", "dtype")
     profiles = {"smoke": {}, "cpu": {}, "paper": {}}  # seconds at every profile
 
     nproc: int = 2
@@ -104,6 +105,8 @@ MODES = ("local", "sync", "sync_nocomm")
 @dataclasses.dataclass(frozen=True)
 class SyncCostConfig(ExperimentConfig):
     experiment = "sync_bn_cost"
+    result_keys = ("step_ms", "step_ms_all", "ratio", "extra_ms", "comm_ms", "compute_overhead_ms", "bn_layers",
+                   "bn_widths", "allreduces_per_step", "allreduce_ms", "predicted_extra_ms", "local_batch")
     profiles = {"smoke": {"steps": 8, "warmup": 2, "n_batches": 4},
                 "cpu": {}, "paper": {"steps": 200, "warmup": 20}}
 

@@ -83,6 +83,7 @@ KINDS = ("linear", "conv")
 @dataclasses.dataclass(frozen=True)
 class SkipInitVarianceConfig(ExperimentConfig):
     experiment = "skipinit_variance"
+    result_keys = ("skip", "branch", "num_blocks", "inputs")
     profiles = {
         "smoke": {"num_blocks": 20, "width": 32, "depth": 16, "batch": 32, "n_batches": 1},
         "cpu": {},

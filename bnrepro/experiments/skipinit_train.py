@@ -25,7 +25,7 @@ import time
 import torch
 
 from ..config import ExperimentConfig, require
-from ..data import DATASETS, load_dataset, random_crop_flip
+from ..data import DATASETS, load_dataset, random_crop_flip, require_subset
 from ..device import get_device
 from ..models import RESNET_VARIANTS, ResNet, count_parameters
 from ..provenance import provenance
@@ -69,6 +69,7 @@ class _TrainConfig(ExperimentConfig):
                 "a Wide-ResNet has depth 6n + 4 (10, 16, 22, ..., 100, ..., 1000)")
         require(self.widen >= 1 and self.base_width >= 1, "widen", self.widen, "widths must be >= 1")
         require(self.lr > 0, "lr", self.lr, "the learning rate must be > 0")
+        require_subset(self.dataset, self.n_train, self.n_test)
         require(self.schedule in SCHEDULES, "schedule", self.schedule, f"must be one of {', '.join(SCHEDULES)}")
         require(self.epochs >= 1, "epochs", self.epochs, "train for at least 1 epoch")
         require(self.train_examples is None or self.train_examples >= self.batch_size, "train_examples",
@@ -122,6 +123,8 @@ def _run(cfg: _TrainConfig, device) -> Result:
 @dataclasses.dataclass(frozen=True)
 class SkipInitDepthConfig(_TrainConfig):
     experiment = "skipinit_depth"
+    result_keys = ("history", "diverged", "diverged_at_step", "steps_run", "planned_steps", "test_acc",
+                   "final_train_loss", "alpha_abs_mean", "num_blocks", "parameters", "data_source")
     profiles = {"smoke": {"train_examples": 64, "n_train": 512, "n_test": 128},
                 "cpu": {},  # 100 steps of batch 32
                 "paper": _PAPER}
@@ -140,6 +143,8 @@ def sweep_depth(profile: str) -> list[SkipInitDepthConfig]:
 @dataclasses.dataclass(frozen=True)
 class SkipInitBatchConfig(_TrainConfig):
     experiment = "skipinit_batch"
+    result_keys = ("history", "diverged", "diverged_at_step", "steps_run", "planned_steps", "test_acc",
+                   "final_train_loss", "alpha_abs_mean", "num_blocks", "parameters", "data_source")
     profiles = {"smoke": {"train_examples": 64, "n_train": 512, "n_test": 128},
                 # a fixed budget of 16,384 examples: 1,024 steps at batch 16, 16 at batch 1024
                 "cpu": {"train_examples": 16_384, "n_test": 2000},
