@@ -315,3 +315,31 @@ def test_fast_path_avoids_the_scalar_addcmul_loop():
         bn(x).sum().backward()
     names = {e.key for e in prof.key_averages()}
     assert "aten::addcmul_" in names and "aten::addcmul" not in names
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(16, 3, 5, 5), (12, 4)])
+def test_fused_kernels_match_torch(shape):
+    """use_fused_kernels: the torch.compile'd closed form, against PyTorch (compiles: slow)."""
+    from bnrepro.norm import use_fused_kernels
+
+    ours, ref = pair(C=shape[1], dim=2 if len(shape) == 4 else 1)
+    ours, ref = ours.float(), ref.float()
+    before = use_fused_kernels(True)
+    try:
+        for step in range(3):  # running statistics over steps
+            x1 = x_like(shape, seed=step, dtype=torch.float32).requires_grad_()
+            x2 = x1.detach().clone().requires_grad_()
+            y1, y2 = ours(x1), ref(x2)
+            dy = x_like(shape, seed=10 + step, dtype=torch.float32)
+            y1.backward(dy), y2.backward(dy)
+            torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-5)
+        for name in ("weight", "bias"):
+            torch.testing.assert_close(getattr(ours, name).grad, getattr(ref, name).grad, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours.running_var, ref.running_var, rtol=1e-5, atol=1e-6)
+        x = x_like(shape).float().requires_grad_()  # second derivatives keep the eager code
+        (g,) = torch.autograd.grad((ours(x) ** 3).sum(), x, create_graph=True)
+        assert g.requires_grad
+    finally:
+        use_fused_kernels(before)
