@@ -115,7 +115,8 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 def _transformed(t: Tensor) -> bool:
     # torch.func transforms (vmap, grad, jvp) wrap tensors; their batching rules
     # refuse ``out=`` arguments, so the buffer-reusing fast path is skipped there.
-    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+    # (torch.compile cannot trace the check, and its fake tensors are never wrapped.)
+    return not torch.compiler.is_compiling() and torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
 def _fill(buf: Tensor, per_channel: Tensor) -> Tensor:

@@ -343,3 +343,23 @@ def test_fused_kernels_match_torch(shape):
         assert g.requires_grad
     finally:
         use_fused_kernels(before)
+
+
+@pytest.mark.slow
+def test_torch_compile_of_a_model_with_it():
+    """torch.compile traces the module (eager closed form inside): same numbers as PyTorch's BN."""
+    torch.manual_seed(0)
+    ours = nn.Sequential(nn.Conv2d(3, 4, 3), BatchNorm(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 5))
+    ref = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(144, 5))
+    ref.load_state_dict(ours.state_dict())
+    compiled = torch.compile(ours)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(2):
+            x = torch.randn(8, 3, 8, 8)
+            y1, y2 = compiled(x), ref(x)
+            y1.square().sum().backward(), y2.square().sum().backward()
+            torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-5)
+    assert not [w for w in caught if "does not know how to trace" in str(w.message)]  # no graph break
+    torch.testing.assert_close(ours[0].weight.grad, ref[0].weight.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(ours[1].running_var, ref[1].running_var)
