@@ -198,6 +198,10 @@ def test_torch_func_transforms_in_training_mode():
               lambda m, x: hessian(lambda x: loss(m, params, x))(x),
               lambda m, x: vmap(lambda xb: functional_call(m, params, (xb,)))(x.view(2, 3, 3))):
         torch.testing.assert_close(f(ours, x), f(ref, x), rtol=1e-9, atol=1e-10)
+    # An ensemble: one batch through a stack of parameter sets (vmap over the weights).
+    stacked = {k: torch.stack([v, 2 * v]) for k, v in params.items()}
+    ens = lambda m: vmap(lambda p: grad(loss, argnums=1)(m, p, x)["weight"])(stacked)
+    torch.testing.assert_close(ens(ours), ens(ref), rtol=1e-9, atol=1e-10)
 
 
 # --------------------------------------------------------------------------- PyTorch's BN utilities
