@@ -163,6 +163,24 @@ def test_half_input_far_from_its_mean(dtype, module_dtype):
     torch.testing.assert_close(ours(x).double(), truth(x.double()), rtol=1e-2, atol=tol)
 
 
+def _sync_half(rank, world, x, rows):
+    bn = SyncBatchNorm(3)
+    y = bn(x[rows[rank]].clone())
+    return y, bn.running_var
+
+
+def test_sync_bn_half_input_over_two_ranks():
+    x = (x_like((8, 3), dtype=torch.float32) + 1000).half()
+    rows = [slice(0, 5), slice(5, 8)]
+    ranks = launch(_sync_half, 2, (x, rows), timeout=60)
+    truth = nn.BatchNorm1d(3, **F64)
+    yt = truth(x.double())
+    y = torch.cat([r[0] for r in ranks])
+    assert y.dtype == torch.float16
+    torch.testing.assert_close(y.double(), yt.detach(), rtol=0, atol=5e-3)
+    torch.testing.assert_close(ranks[0][1].double(), truth.running_var, rtol=0, atol=5e-3)
+
+
 def test_float16_autocast():
     torch.manual_seed(0)
     lin = nn.Linear(4, 3)
