@@ -268,7 +268,8 @@ def _closed_form_backward(dy, x_hat, inv_std, weight, need_x, need_w, need_b):
         #   dx = inv_std/m * (m*g - sum(g) - x_hat*sum(g*x_hat))
         #      = a*dy - (a/m)*sum(dy) - (a/m)*sum(dy*x_hat)*x_hat,
         # with a = gamma*inv_std, since gamma is constant per channel.
-        # Two passes over full-size data, written into `buf`.
+        # Written into `buf`: a fill with the per-channel constant, then two
+        # in-place multiply-adds (see _fill for why not one addcmul).
         a = inv_std if weight is None else weight * inv_std
         k = a / m
         _fill(buf, (-k * sum_dy).view(shape)).addcmul_(dy, a.view(shape))
