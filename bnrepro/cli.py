@@ -175,10 +175,16 @@ def cmd_bench(args) -> int:
     from .norm import bn_speed
 
     loop_benchmark(batch_size=args.batch_size, steps=args.steps, device=args.device)
-    speed = bn_speed(device=str(get_device(args.device)))
-    print(f"package BN vs native BN, forward+backward on {speed['shape']} ({speed['device']}, "
-          f"{speed['threads']} threads): {speed['ours_ms']:.2f} ms vs {speed['torch_ms']:.2f} ms, "
-          f"ratio {speed['ratio']:.2f}x")
+    device = str(get_device(args.device))
+    for fused, what in ((False, "eager (default)"), (True, "fused (use_fused_kernels)")):
+        try:
+            speed = bn_speed(device=device, fused=fused)
+        except Exception as err:  # torch.compile needs a working C++ compiler on CPU
+            print(f"package BN, {what}: not measured ({type(err).__name__}: {str(err).splitlines()[0]})")
+            continue
+        print(f"package BN, {what}, vs native BN, forward+backward on {speed['shape']} ({speed['device']}, "
+              f"{speed['threads']} threads): {speed['ours_ms']:.2f} ms vs {speed['torch_ms']:.2f} ms, "
+              f"ratio {speed['ratio']:.2f}x")
     return 0
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .norm import (BatchNorm, BatchNormFunction, _check_batch, _replace, is_plain_batchnorm,
+from .norm import (BatchNorm, BatchNormFunction, _check_batch, _convert, is_plain_batchnorm,
                    rebuild_batchnorm)
 
 __all__ = ["GhostBatchNorm", "ghost_chunks", "convert_ghost_batchnorm", "STATS_UPDATES"]
@@ -82,8 +82,7 @@ class GhostBatchNorm(BatchNorm):
     def forward(self, input: Tensor) -> Tensor:
         if not self.training or input.shape[0] <= self.ghost_batch_size:
             return super().forward(input)
-        if input.dim() not in (2, 3, 4):
-            raise ValueError(f"expected 2D, 3D or 4D input (got {input.dim()}D input)")
+        self._check_input(input)
         chunks = input.split(ghost_chunks(input.shape[0], self.ghost_batch_size))
         if self.stats_update == "sequential" or not self.track_running_stats:
             # Plain BN on each chunk in turn: each updates the running statistics.
@@ -91,7 +90,7 @@ class GhostBatchNorm(BatchNorm):
         outs, stats = [], []
         for c in chunks:
             _check_batch(c)
-            y, mean, var = BatchNormFunction.apply(c, self.weight, self.bias, self.eps)
+            y, mean, var, _, _ = BatchNormFunction.apply(c, self.weight, self.bias, self.eps)
             m = c.numel() // c.shape[1]
             outs.append(y)
             stats.append((mean, var * (m / (m - 1))))  # unbiased, as Algorithm 2 stores it
@@ -111,9 +110,11 @@ class GhostBatchNorm(BatchNorm):
 def convert_ghost_batchnorm(model: nn.Module, ghost_batch_size: int,
                             stats_update: str = "sequential") -> nn.Module:
     """Replace every ``nn.BatchNorm1d/2d`` and full-mode :class:`BatchNorm` by a
-    :class:`GhostBatchNorm` with the same state; returns the model.
+    :class:`GhostBatchNorm` with the same state; returns the model. Other BN
+    layers are left alone with a warning (see :func:`bnrepro.norm.convert_batchnorm`).
 
     Parameters are copied, so build the optimizer after converting.
     """
-    return _replace(model, is_plain_batchnorm, lambda bn: rebuild_batchnorm(
-        bn, GhostBatchNorm, ghost_batch_size=ghost_batch_size, stats_update=stats_update), {})
+    return _convert(model, is_plain_batchnorm, lambda bn: rebuild_batchnorm(
+        bn, GhostBatchNorm, ghost_batch_size=ghost_batch_size, stats_update=stats_update),
+        lambda m: type(m) is GhostBatchNorm, "convert_ghost_batchnorm")

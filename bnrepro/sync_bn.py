@@ -23,10 +23,11 @@ import warnings
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn  # all_reduce with a backward pass
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
-from .norm import BatchNorm, _channel_shape, _reduce_dims, _replace, is_plain_batchnorm, rebuild_batchnorm
+from .norm import (_LOW_PRECISION, BatchNorm, _channel_shape, _convert, _reduce_dims, is_plain_batchnorm,
+                   rebuild_batchnorm)
 
 __all__ = ["SyncBatchNormFunction", "SyncBatchNorm", "convert_sync_batchnorm", "distributed_world_size"]
 
@@ -41,17 +42,21 @@ def distributed_world_size(group=None) -> int:
 class SyncBatchNormFunction(torch.autograd.Function):
     """Training-mode BN with global batch statistics across the processes of ``group``.
 
-    ``apply(x, weight, bias, eps, group) -> (y, mean, var, count)``: ``mean``
-    and the biased ``var`` are the global ones (shape ``(C,)``), ``count`` the
+    ``apply(x, weight, bias, eps, group) -> (y, mean, var, count, x_hat, inv_std)``:
+    ``mean`` and the biased ``var`` are the global ones (shape ``(C,)``), ``count`` the
     global number of values per channel (a 0-d tensor); none is differentiable.
+    ``x_hat`` and ``inv_std`` are returned, as in :class:`bnrepro.norm.BatchNormFunction`,
+    so that the backward pass is differentiable (second derivatives). Half-precision
+    input is normalized in float32.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, group):
         dims, shape, C = _reduce_dims(x), _channel_shape(x), x.shape[1]
+        xf = x.float() if x.dtype in _LOW_PRECISION else x  # float16 squares overflow past 256
         # Sums accumulate in float64: var = E[x^2] - mean^2 cancels badly in float32
         # when |mean| >> std. Packed into one tensor: one all-reduce, not three.
-        stats = torch.cat([x.sum(dims, dtype=torch.float64), x.square().sum(dims, dtype=torch.float64),
+        stats = torch.cat([xf.sum(dims, dtype=torch.float64), xf.square().sum(dims, dtype=torch.float64),
                            torch.full((1,), x.numel() // C, dtype=torch.float64, device=x.device)])
         dist.all_reduce(stats, group=group)
         count = stats[-1].clone()
@@ -59,22 +64,25 @@ class SyncBatchNormFunction(torch.autograd.Function):
             raise ValueError(f"Expected more than 1 value per channel across all processes, got {int(count)}")
         mean64 = stats[:C] / count
         var64 = (stats[C:2 * C] / count - mean64.square()).clamp_min_(0)
-        mean, var = mean64.to(x.dtype), var64.to(x.dtype)
+        mean, var = mean64.to(xf.dtype), var64.to(xf.dtype)
         inv_std = torch.rsqrt(var + eps)
-        x_hat = (x - mean.view(shape)) * inv_std.view(shape)
-        y = x_hat if weight is None else x_hat * weight.view(shape)
-        y = y + bias.view(shape) if bias is not None else y.clone()
+        x_hat = (xf - mean.view(shape)) * inv_std.view(shape)
+        y = x_hat if weight is None else x_hat * weight.view(shape).to(xf.dtype)
+        y = y + bias.view(shape).to(xf.dtype) if bias is not None else y.clone()
+        y = y.to(x.dtype)
         ctx.save_for_backward(x_hat, inv_std, weight)
-        ctx.group, ctx.count = group, float(count)
+        ctx.group, ctx.count, ctx.x_dtype = group, float(count), x.dtype
+        ctx.b_dtype = None if bias is None else bias.dtype
         ctx.mark_non_differentiable(mean, var, count)
-        return y, mean, var, count
+        ctx.set_materialize_grads(False)
+        return y, mean, var, count, x_hat, inv_std
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, _dmean, _dvar, _dcount):
+    def backward(ctx, dy, _dmean, _dvar, _dcount, dx_hat, dinv_std):
         x_hat, inv_std, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         dims, shape, C = _reduce_dims(x_hat), _channel_shape(x_hat), x_hat.shape[1]
+        dy = torch.zeros_like(x_hat) if dy is None else dy.to(x_hat.dtype)
         sum_dy = dy.sum(dims)
         sum_dy_xhat = (dy * x_hat).sum(dims)
         dx = dgamma = dbeta = None
@@ -82,17 +90,40 @@ class SyncBatchNormFunction(torch.autograd.Function):
             # dx = a*dy - (a/m)*sum(dy) - (a/m)*sum(dy*x_hat)*x_hat with the sums and m
             # global (norm.py derives it): one all-reduce of both sums. Every rank
             # needs input gradients or none does (same model), so the collectives match.
-            sums = torch.cat([sum_dy, sum_dy_xhat])
-            dist.all_reduce(sums, group=ctx.group)
-            g_dy, g_dy_xhat = sums[:C], sums[C:]
-            a = inv_std if weight is None else weight * inv_std
+            a = inv_std if weight is None else weight.to(x_hat.dtype) * inv_std
             k = a / ctx.count
-            dx = dy * a.view(shape) - (k * g_dy).view(shape) - x_hat * (k * g_dy_xhat).view(shape)
+            second = dx_hat is not None or dinv_std is not None
+            if not second and not torch.is_grad_enabled():
+                sums = torch.cat([sum_dy, sum_dy_xhat])
+                dist.all_reduce(sums, group=ctx.group)
+                g_dy, g_dy_xhat = sums[:C], sums[C:]
+                dx = dy * a.view(shape) - (k * g_dy).view(shape) - x_hat * (k * g_dy_xhat).view(shape)
+            else:
+                # Differentiable, and with the gradients of the x_hat/inv_std outputs
+                # (h = dl/dx_hat, d = dl/dinv_std, s = inv_std; see norm.py):
+                #   dx += s*h - (s/m)*sum(h) - (s/m)*(sum(h*x_hat) + s*d)*x_hat,
+                # sums and m global, d summed over ranks (every rank's x moves inv_std).
+                h = torch.zeros_like(x_hat) if dx_hat is None else dx_hat
+                d = torch.zeros_like(inv_std) if dinv_std is None else dinv_std
+                local = torch.cat([sum_dy, sum_dy_xhat, h.sum(dims), (h * x_hat).sum(dims) + inv_std * d])
+                sums = (dist_nn.all_reduce(local, group=ctx.group) if torch.is_grad_enabled()
+                        else _all_reduced(local, ctx.group))
+                g_dy, g_dy_xhat, g_h, g_hx = sums.split(C)
+                kh = inv_std / ctx.count
+                dx = (dy * a.view(shape) - (k * g_dy).view(shape) - x_hat * (k * g_dy_xhat).view(shape)
+                      + h * inv_std.view(shape) - (kh * g_h).view(shape) - x_hat * (kh * g_hx).view(shape))
+            dx = dx.to(ctx.x_dtype)
         if need_w and weight is not None:
-            dgamma = sum_dy_xhat  # local: DDP averages it over ranks
+            dgamma = sum_dy_xhat.to(weight.dtype)  # local: DDP averages it over ranks
         if need_b:
-            dbeta = sum_dy
+            dbeta = sum_dy.to(ctx.b_dtype)
         return dx, dgamma, dbeta, None, None
+
+
+def _all_reduced(t: Tensor, group) -> Tensor:
+    t = t.clone()
+    dist.all_reduce(t, group=group)
+    return t
 
 
 _FALLBACK_NOTED = False
@@ -123,10 +154,9 @@ class SyncBatchNorm(BatchNorm):
         if distributed_world_size(self.process_group) == 1:
             _note_fallback()
             return super().forward(input)
-        if input.dim() not in (2, 3, 4):
-            raise ValueError(f"expected 2D, 3D or 4D input (got {input.dim()}D input)")
-        y, mean, var, count = SyncBatchNormFunction.apply(input, self.weight, self.bias, self.eps,
-                                                          self.process_group)
+        self._check_input(input)
+        y, mean, var, count, _, _ = SyncBatchNormFunction.apply(input, self.weight, self.bias, self.eps,
+                                                                self.process_group)
         if self.training and self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -151,7 +181,9 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
     by a :class:`SyncBatchNorm` with the same state; returns the model.
 
     Like ``nn.SyncBatchNorm.convert_sync_batchnorm``, but the result runs on
-    CPU processes (gloo) as well as GPUs. Build the optimizer after converting.
+    CPU processes (gloo) as well as GPUs. Other BN layers are left alone with a
+    warning. Build the optimizer after converting.
     """
-    return _replace(model, is_plain_batchnorm,
-                    lambda bn: rebuild_batchnorm(bn, SyncBatchNorm, process_group=process_group), {})
+    return _convert(model, is_plain_batchnorm,
+                    lambda bn: rebuild_batchnorm(bn, SyncBatchNorm, process_group=process_group),
+                    lambda m: type(m) is SyncBatchNorm, "convert_sync_batchnorm")

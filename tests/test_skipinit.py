@@ -119,6 +119,22 @@ def test_linear_resnet_figure4_statistics():
     assert all(torch.equal(a, b) for a, b in zip(before, after)), "the model's own statistics are restored"
 
 
+def test_linear_resnet_with_the_package_bn_is_the_same_network():
+    """norm="bnrepro": the documented cumulative average (momentum=None) and the same Figure-4
+    statistics as with PyTorch's BN (same seed, same weights)."""
+    models = {}
+    for norm in ("bn", "bnrepro"):
+        torch.manual_seed(0)
+        models[norm] = LinearResNet(in_features=20, width=32, num_blocks=4, norm=norm)
+    bns = [m for m in models["bnrepro"].modules() if hasattr(m, "running_var")]
+    assert len(bns) == 4 and all(m.momentum is None for m in bns)
+    batches = [torch.randn(64, 20, generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    ref, ours = (block_variances(models[k], batches) for k in ("bn", "bnrepro"))
+    for key, values in ref.items():
+        assert np.isfinite(ours[key]).all(), key
+        np.testing.assert_allclose(ours[key], values, rtol=1e-5)
+
+
 # ----------------------------------------------------------------- residual network family
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_every_variant_builds_and_runs(variant):

@@ -42,14 +42,11 @@ def make_norm(norm: str, num_features: int, dim: int) -> nn.Module:
     check_choice("norm", norm, NORMS)
     if norm == "none":
         return nn.Identity()
-    if norm == "bnrepro":
-        from ..norm import BatchNorm  # local import: norm imports nothing from here
+    if norm in ("bnrepro", "bn_mean_only", "bn_var_only"):
+        from ..norm import BatchNorm1d, BatchNorm2d  # local import: norm imports nothing from here
 
-        return BatchNorm(num_features)
-    if norm in ("bn_mean_only", "bn_var_only"):
-        from ..norm import BatchNorm
-
-        return BatchNorm(num_features, mode=norm[len("bn_"):])
+        mode = "full" if norm == "bnrepro" else norm[len("bn_"):]
+        return (BatchNorm1d if dim == 1 else BatchNorm2d)(num_features, mode=mode)
     return nn.BatchNorm1d(num_features) if dim == 1 else nn.BatchNorm2d(num_features)
 
 
@@ -73,8 +70,7 @@ def init_weights(model: nn.Module, init: str = "default") -> nn.Module:
 
 def has_batchnorm(model: nn.Module) -> bool:
     """True when any module normalizes with batch statistics in training."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) or type(m).__name__ == "BatchNorm"
-               for m in model.modules())
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())  # incl. the package's
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -157,7 +157,7 @@ class LinearResNet(nn.Module):
             lin = nn.Linear(width, width, bias=False)
             nn.init.normal_(lin.weight, std=width ** -0.5)
             bn = make_norm(norm, width, 1)
-            if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            if isinstance(bn, nn.modules.batchnorm._BatchNorm):  # PyTorch's BN or the package's
                 bn.momentum = None
             blocks.append(Residual(nn.Sequential(bn, lin), alpha=i ** -0.5 if depth_scaling else None,
                                    learnable_alpha=False))
