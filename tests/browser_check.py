@@ -123,7 +123,7 @@ def wait_until_ready(page, url: str, timeout_s: float = READY_TIMEOUT_S) -> str 
     ms = timeout_s * 1000
     steps = [("the load event", lambda: page.goto(url, wait_until="load", timeout=ms)),
              ("MathJax's first typeset (MathJax.startup.promise)",
-              lambda: page.evaluate(_HAS_MATHJAX) and page.wait_for_function(_MATHJAX_SETTLED, timeout=ms)),
+              lambda: evaluate(page, _HAS_MATHJAX, timeout_s) and page.wait_for_function(_MATHJAX_SETTLED, timeout=ms)),
              ("every image to complete", lambda: page.wait_for_function(_IMAGES_COMPLETE, timeout=ms)),
              ("the fonts to load (document.fonts)", lambda: page.wait_for_function(_FONTS_LOADED, timeout=ms))]
     for what, wait in steps:
@@ -136,6 +136,14 @@ def wait_until_ready(page, url: str, timeout_s: float = READY_TIMEOUT_S) -> str 
         if handle and what.startswith("MathJax") and handle.json_value() != "ok":
             return f"{what} {handle.json_value()}"
     return None
+
+
+def evaluate(page, js_function: str, timeout_s: float = READY_TIMEOUT_S):
+    """``page.evaluate`` with a bound: Playwright's evaluate has no timeout, and a
+    page that navigates away while it runs can leave it waiting for ever. The
+    function runs once, as the predicate of a bounded ``wait_for_function``."""
+    handle = page.wait_for_function(f"() => ({{value: ({js_function})()}})", timeout=timeout_s * 1000)
+    return handle.json_value().get("value")
 
 
 def _first_line(error: Exception) -> str:
@@ -167,7 +175,7 @@ def _check_page(page, rel: str, url: str, ready_timeout_s: float, screenshots: P
     not_ready = wait_until_ready(page, url, ready_timeout_s)
     if not_ready:
         return [f"{rel}: page did not get ready: {not_ready}"]
-    report = page.evaluate(_REPORT)
+    report = evaluate(page, _REPORT, ready_timeout_s)
     problems = []
     for m in RAW_MATH.finditer(report["text"]):
         snippet = report["text"][max(0, m.start() - 30): m.end() + 30].replace("\n", " ")
