@@ -22,10 +22,10 @@ import itertools
 import signal
 import sys
 
-from .config import PROFILES, ConfigError, current_profile
-from .launch import BN_MODES, WorkerError
-from .store import ResultsFolderError
-from .sweep import EXECUTORS, Terminated
+from .core.config import PROFILES, ConfigError, current_profile
+from .distributed.launch import BN_MODES, WorkerError
+from .core.store import ResultsFolderError
+from .runner.sweep import EXECUTORS, Terminated
 
 
 def _parse_value(field: dataclasses.Field, text: str):
@@ -125,11 +125,11 @@ def _submitit_params(pairs: list[str]) -> dict:
 
 
 def cmd_run(args) -> int:
-    from .device import get_device
+    from .core.device import get_device
     from .experiments import get_experiment
-    from .parallel import DataParallel, plan, require_data_parallel, run_torchrun, torchrun_world
-    from .store import results_dir
-    from .sweep import run_sweep
+    from .distributed.parallel import DataParallel, plan, require_data_parallel, run_torchrun, torchrun_world
+    from .core.store import results_dir
+    from .runner.sweep import run_sweep
 
     exp = get_experiment(args.experiment)
     configs = _configs(exp, args)
@@ -160,7 +160,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data import load_dataset
+    from .data.datasets import load_dataset
 
     data = load_dataset(args.name, device="cpu", download=True if args.fetch else None)
     print(f"{data.name}: {len(data.x_train)} train / {len(data.x_test)} test images "
@@ -169,10 +169,10 @@ def cmd_data(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import loop_benchmark
+    from .measure.speed import loop_benchmark
 
-    from .device import get_device
-    from .norm import bn_speed
+    from .core.device import get_device
+    from .nn.batchnorm import bn_speed
 
     loop_benchmark(batch_size=args.batch_size, steps=args.steps, device=args.device)
     device = str(get_device(args.device))
@@ -189,7 +189,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_gpu_check(args) -> int:
-    from .gpu_check import ok, run_check
+    from .gpu.check import ok, run_check
 
     report, _ = run_check(args.device, dry_run=args.dry_run, out_dir=args.out)
     return 0 if ok(report) else 1
@@ -199,10 +199,10 @@ def cmd_info(args) -> int:
     import torch
 
     from . import __version__
-    from .data import cache_dir, data_dir
-    from .device import describe_device, get_device
-    from .provenance import git_revision
-    from .store import results_dir
+    from .data.datasets import cache_dir, data_dir
+    from .core.device import describe_device, get_device
+    from .core.provenance import git_revision
+    from .core.store import results_dir
 
     print(f"bnrepro {__version__} (git {git_revision()}), torch {torch.__version__}")
     print(f"device:  {describe_device(get_device(args.device))}")
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .data import DataNotFoundError
+    from .data.datasets import DataNotFoundError
 
     try:
         return args.func(args)

@@ -13,7 +13,7 @@ import importlib
 import pkgutil
 from typing import Callable
 
-from .claims import VERDICTS, Claim
+from .core.claims import VERDICTS, Claim
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,8 +33,8 @@ def tmp_results(tmp_path, monkeypatch):
 
 @pytest.fixture
 def one_thread():
-    """Run the test on one CPU thread (see bnrepro.device.cpu_threads)."""
-    from bnrepro.device import cpu_threads
+    """Run the test on one CPU thread (see bnrepro.core.device.cpu_threads)."""
+    from bnrepro.core.device import cpu_threads
 
     with cpu_threads():
         yield

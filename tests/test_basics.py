@@ -1,4 +1,4 @@
-"""Tests for bnrepro.basics (Algorithm 2, the bias explosion, feature scaling) and the
+"""Tests for bnrepro.measure.basics (Algorithm 2, the bias explosion, feature scaling) and the
 bn_inference experiment, each against an independent computation."""
 
 import copy
@@ -8,12 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnrepro.basics import (SCALING_METHODS, bias_explosion, bn_layers, bn_statistics,
-                            feature_scaling_data, feature_scaling_regression,
-                            population_statistics, recalibrate_bn)
-from bnrepro.config import ConfigError
-from bnrepro.device import cpu_threads
-from bnrepro.norm import BatchNorm
+from bnrepro.measure.basics import (SCALING_METHODS, bias_explosion, bn_layers, bn_statistics, feature_scaling_data, feature_scaling_regression, population_statistics, recalibrate_bn)
+from bnrepro.core.config import ConfigError
+from bnrepro.core.device import cpu_threads
+from bnrepro.nn.batchnorm import BatchNorm
 
 from conftest import needs_fashion_mnist
 
@@ -157,7 +155,7 @@ def test_feature_scaling_raw_diverges_or_crawls_standardized_converges():
 def test_bn_inference_hashes_are_pinned():
     # The stored cpu results under results/bn_inference/ are keyed by these:
     # change them only together with the results.
-    from bnrepro.config import config_hash
+    from bnrepro.core.config import config_hash
     from bnrepro.experiments.bn_inference import sweep
 
     assert [config_hash(c) for c in sweep("cpu")] == [
@@ -203,7 +201,7 @@ EXACT_CLAIMS = ("backward-equations", "package-equals-pytorch", "conv-1x1-is-fc"
 def _check_chapter_claims(claims, results):
     import math
 
-    from bnrepro.claims import VERDICTS, Claim
+    from bnrepro.core.claims import VERDICTS, Claim
 
     assert len(claims) == 17 and len({c.id for c in claims}) == 17
     assert all(isinstance(c, Claim) and c.verdict in VERDICTS for c in claims)
@@ -222,7 +220,8 @@ def _check_chapter_claims(claims, results):
 def test_first_principles_chapter_claims_tiny(tmp_results, monkeypatch):
     """chapter_claims on a tiny bn_inference sweep (4 steps a run): Claims with verdicts,
     registered with the scorecard."""
-    from bnrepro import first_principles, scorecard
+    from bnrepro.chapters import bn_first_principles as first_principles
+    from bnrepro import scorecard
     from bnrepro.experiments import bn_inference
 
     def tiny_sweep(profile):
@@ -245,7 +244,7 @@ def test_first_principles_chapter_claims_tiny(tmp_results, monkeypatch):
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_first_principles_chapter_claims_smoke(tmp_results):
-    from bnrepro import first_principles
+    from bnrepro.chapters import bn_first_principles as first_principles
     from bnrepro.experiments import bn_inference
 
     claims = first_principles.chapter_claims("smoke")

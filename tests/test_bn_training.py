@@ -8,15 +8,15 @@ import torch
 from torch import nn
 
 from bnrepro import scorecard
-from bnrepro.claims import VERDICTS, Claim
-from bnrepro.config import ConfigError
-from bnrepro.data import DataNotFoundError, TensorData
+from bnrepro.core.claims import VERDICTS, Claim
+from bnrepro.core.config import ConfigError
+from bnrepro.data.datasets import DataNotFoundError, TensorData
 from bnrepro.experiments import bn_training as bt
 from bnrepro.experiments.bn_training import (BNTrainingConfig, SigmoidInputProbe, build_network,
                                              hidden_blocks, median_drift, outcome, steps_to_reach)
-from bnrepro.norm import BatchNorm
-from bnrepro.store import Result
-from bnrepro.train import evaluate, train
+from bnrepro.nn.batchnorm import BatchNorm
+from bnrepro.core.store import Result
+from bnrepro.training.loop import evaluate, train
 from conftest import needs_fashion_mnist
 
 

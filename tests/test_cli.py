@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bnrepro import data as data_mod
+from bnrepro.data import datasets as data_mod
 from bnrepro.cli import main
 
 

@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from bnrepro.config import ConfigError, ExperimentConfig, config_hash, current_profile
+from bnrepro.core.config import ConfigError, ExperimentConfig, config_hash, current_profile
 from bnrepro.experiments import get_experiment, list_experiments
 from bnrepro.experiments.lenet import LeNetConfig
 
@@ -94,7 +94,7 @@ def _configs_with_a_dataset():
 
 @pytest.mark.parametrize("name", list(_configs_with_a_dataset()))
 def test_subsets_larger_than_the_dataset_are_refused_up_front(name):
-    from bnrepro.data import DATASET_SIZES
+    from bnrepro.data.datasets import DATASET_SIZES
 
     base = get_experiment(name).config.for_profile("smoke")
     n_train, n_test = DATASET_SIZES[base.dataset]

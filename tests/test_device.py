@@ -1,9 +1,9 @@
-"""Tests for bnrepro.device: precedence, validation and the helpers used for timing."""
+"""Tests for bnrepro.core.device: precedence, validation and the helpers used for timing."""
 
 import pytest
 import torch
 
-from bnrepro.device import describe_device, get_device, synchronize
+from bnrepro.core.device import describe_device, get_device, synchronize
 
 
 @pytest.fixture(autouse=True)

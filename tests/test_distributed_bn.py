@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from bnrepro.ghost import GhostBatchNorm, convert_ghost_batchnorm, ghost_chunks
-from bnrepro.launch import WorkerError, bn_steps, launch, reference_bn_steps
-from bnrepro.sync_bn import SyncBatchNorm, convert_sync_batchnorm
+from bnrepro.nn.ghost import GhostBatchNorm, convert_ghost_batchnorm, ghost_chunks
+from bnrepro.distributed.launch import WorkerError, bn_steps, launch, reference_bn_steps
+from bnrepro.nn.sync_bn import SyncBatchNorm, convert_sync_batchnorm
 
 TOL = dict(rtol=1e-9, atol=1e-10)  # float64 throughout
 
@@ -26,7 +26,7 @@ def _batch(n, seed=0):
 
 # --------------------------------------------------------------------------- ghost BN, one process
 def test_ghost_bn_is_reachable_from_norm():
-    from bnrepro import norm
+    from bnrepro.nn import batchnorm as norm
 
     assert norm.GhostBatchNorm is GhostBatchNorm and issubclass(GhostBatchNorm, norm.BatchNorm)
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
@@ -104,7 +104,7 @@ def test_sync_bn_without_process_group_is_local_bn_with_a_note():
     torch.manual_seed(2)
     x = torch.randn(6, 3, 4, 4)
     sync, plain = SyncBatchNorm(3), nn.BatchNorm2d(3)
-    import bnrepro.sync_bn as sb
+    import bnrepro.nn.sync_bn as sb
 
     sb._FALLBACK_NOTED = False
     with pytest.warns(RuntimeWarning, match="not initialised"):

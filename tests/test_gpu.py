@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnrepro.data import Batches
-from bnrepro.device import get_device
+from bnrepro.data.datasets import Batches
+from bnrepro.core.device import get_device
 from bnrepro.models import LeNet
-from bnrepro.train import train
+from bnrepro.training.loop import train
 
 pytestmark = pytest.mark.gpu
 
@@ -18,7 +18,7 @@ def test_default_device_is_cuda(monkeypatch):
 
 
 def test_package_bn_matches_torch_on_cuda():
-    from bnrepro.norm import BatchNorm
+    from bnrepro.nn.batchnorm import BatchNorm
 
     torch.manual_seed(0)
     x = torch.randn(32, 16, 8, 8, device="cuda", requires_grad=True)
@@ -57,7 +57,7 @@ def _backend_and_devices():
 
 
 def _sync_bn_vs_torch(rank, world, x, dy, sizes, devices):
-    from bnrepro.sync_bn import SyncBatchNorm
+    from bnrepro.nn.sync_bn import SyncBatchNorm
 
     dev = devices[rank]
     torch.cuda.set_device(dev)
@@ -80,7 +80,7 @@ def _sync_bn_vs_torch(rank, world, x, dy, sizes, devices):
 
 
 def test_package_sync_bn_equals_torch_sync_batchnorm_on_cuda():
-    from bnrepro.launch import launch
+    from bnrepro.distributed.launch import launch
 
     backend, devices = _backend_and_devices()
     g = torch.Generator().manual_seed(0)
@@ -97,7 +97,7 @@ def test_package_sync_bn_equals_torch_sync_batchnorm_on_cuda():
 def _train_rank(rank, world, spec, devices, backend):
     from test_train import toy_data
 
-    from bnrepro.parallel import session
+    from bnrepro.distributed.parallel import session
 
     with session(spec, rank, world, devices[rank], backend):
         torch.manual_seed(0)
@@ -109,8 +109,8 @@ def _train_rank(rank, world, spec, devices, backend):
 def test_data_parallel_sync_bn_on_cuda_trains_like_one_process():
     from test_train import toy_data
 
-    from bnrepro.launch import launch
-    from bnrepro.parallel import DataParallel
+    from bnrepro.distributed.launch import launch
+    from bnrepro.distributed.parallel import DataParallel
 
     backend, devices = _backend_and_devices()
     torch.manual_seed(0)

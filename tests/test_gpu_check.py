@@ -7,18 +7,17 @@ import time
 import pytest
 import torch
 
-from bnrepro import gpu_report
+from bnrepro.gpu import report as gpu_report
 from bnrepro.cli import main
-from bnrepro.config import ConfigError
+from bnrepro.core.config import ConfigError
 from bnrepro.experiments import Experiment, list_experiments
 from bnrepro.experiments.lenet import LeNetConfig
-from bnrepro.gpu_check import TOTAL_S, Plan, data_stand_ins, plan_for, run_check
-from bnrepro.gpu_slices import (CPU_ONLY, STATUSES, compare_losses, overlaps, pick_config, planned_steps,
-                                run_slice)
+from bnrepro.gpu.check import TOTAL_S, Plan, data_stand_ins, plan_for, run_check
+from bnrepro.gpu.slices import (CPU_ONLY, STATUSES, compare_losses, overlaps, pick_config, planned_steps, run_slice)
 from bnrepro.models import LeNet
-from bnrepro.store import Result, save
-from bnrepro.timebox import HARD_LIMIT, SOFT_BUDGET, STEP_CAP, BoxClosed, StepBox, hard_limit
-from bnrepro.train import _OBSERVERS, observe, train
+from bnrepro.core.store import Result, save
+from bnrepro.gpu.timebox import HARD_LIMIT, SOFT_BUDGET, STEP_CAP, BoxClosed, StepBox, hard_limit
+from bnrepro.training.loop import _OBSERVERS, observe, train
 from conftest import REPO
 
 from test_train import toy_data
@@ -210,7 +209,7 @@ def test_compare_losses_against_a_stored_result(tmp_results):
 
 
 def test_stand_ins_replace_missing_datasets_and_restore_the_environment():
-    from bnrepro.data import load_dataset
+    from bnrepro.data.datasets import load_dataset
 
     before = {k: os.environ.get(k) for k in ("BNREPRO_CACHE", "BNREPRO_OFFLINE")}
     with data_stand_ins(["mnist", "cifar10", None], sizes={"mnist": (64, 16), "cifar10": (64, 16)}) as replaced:

@@ -6,11 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from bnrepro.decoupling import (best_length, compose, decoupled_gd, gd, least_squares, linear_rate,
-                                scale_invariant_gd)
-from bnrepro.ics import (DeepLinearNet, activation_probe, distribution_drift, gaussian_classification,
-                         ics_from_closure, ics_measure)
-from bnrepro.landscape import landscape_from_closure, landscape_measure, quadratic_beta
+from bnrepro.measure.decoupling import (best_length, compose, decoupled_gd, gd, least_squares, linear_rate, scale_invariant_gd)
+from bnrepro.measure.ics import (DeepLinearNet, activation_probe, distribution_drift, gaussian_classification, ics_from_closure, ics_measure)
+from bnrepro.measure.landscape import landscape_from_closure, landscape_measure, quadratic_beta
 from bnrepro.models import MODELS, DistributionNoise, GhostBatchNorm, NoisyVGG, hold_noise, layer_groups
 
 

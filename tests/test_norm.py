@@ -1,4 +1,4 @@
-"""Tests for bnrepro.norm, always against PyTorch's own batch norm."""
+"""Tests for bnrepro.nn.batchnorm, always against PyTorch's own batch norm."""
 
 import copy
 import math
@@ -8,9 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnrepro.norm import (BatchNorm, BatchNormFunction, FrozenBatchNorm, batch_norm,
-                          bn_speed, convert_batchnorm, decay_to_momentum,
-                          freeze_batchnorm, momentum_to_decay)
+from bnrepro.nn.batchnorm import (BatchNorm, BatchNormFunction, FrozenBatchNorm, batch_norm, bn_speed, convert_batchnorm, decay_to_momentum, freeze_batchnorm, momentum_to_decay)
 
 SHAPES = [(8, 5), (16, 3), (4, 3, 7), (5, 2, 1), (4, 3, 5, 6), (2, 6, 3, 3), (3, 4, 1, 1)]
 

@@ -1,4 +1,4 @@
-"""bnrepro.norm.BatchNorm as a drop-in, tried the way an outside user would: second
+"""bnrepro.nn.batchnorm.BatchNorm as a drop-in, tried the way an outside user would: second
 derivatives, half precision, torch.func, PyTorch's BN utilities, conversion corner cases,
 input checks. Always against PyTorch's own batch norm."""
 
@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from bnrepro.ghost import GhostBatchNorm, convert_ghost_batchnorm
-from bnrepro.launch import launch
-from bnrepro.norm import BatchNorm, batch_norm, convert_batchnorm, freeze_batchnorm
-from bnrepro.sync_bn import SyncBatchNorm
+from bnrepro.nn.ghost import GhostBatchNorm, convert_ghost_batchnorm
+from bnrepro.distributed.launch import launch
+from bnrepro.nn.batchnorm import BatchNorm, batch_norm, convert_batchnorm, freeze_batchnorm
+from bnrepro.nn.sync_bn import SyncBatchNorm
 
 F64 = dict(dtype=torch.float64)
 
@@ -293,7 +293,7 @@ def test_torch_jit_script_says_what_to_use_instead():
 
 # --------------------------------------------------------------------------- input checks
 def test_input_checks_like_pytorch():
-    from bnrepro.norm import BatchNorm1d, BatchNorm2d
+    from bnrepro.nn.batchnorm import BatchNorm1d, BatchNorm2d
 
     with pytest.raises(ValueError, match=r"expected 4D input \(got 3D input"):
         BatchNorm2d(3)(torch.randn(4, 3, 5))
@@ -343,7 +343,7 @@ def test_fast_path_avoids_the_scalar_addcmul_loop():
 @pytest.mark.parametrize("shape", [(16, 3, 5, 5), (12, 4)])
 def test_fused_kernels_match_torch(shape):
     """use_fused_kernels: the torch.compile'd closed form, against PyTorch (compiles: slow)."""
-    from bnrepro.norm import use_fused_kernels
+    from bnrepro.nn.batchnorm import use_fused_kernels
 
     ours, ref = pair(C=shape[1], dim=2 if len(shape) == 4 else 1)
     ours, ref = ours.float(), ref.float()

@@ -1,4 +1,4 @@
-"""Data-parallel runs of an experiment (bnrepro.parallel): N processes through the one training loop.
+"""Data-parallel runs of an experiment (bnrepro.distributed.parallel): N processes through the one training loop.
 
 Independent truths: synchronized BN over 2 gloo processes must train exactly
 like one process on the full batch; per-device BN over 2 processes must see
@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 
-from bnrepro.config import ConfigError
+from bnrepro.core.config import ConfigError
 from bnrepro.experiments import get_experiment
-from bnrepro.parallel import DataParallel, Session, run_parallel, session
-from bnrepro.store import load, load_or_run, path_for
+from bnrepro.distributed.parallel import DataParallel, Session, run_parallel, session
+from bnrepro.core.store import load, load_or_run, path_for
 from conftest import needs_fashion_mnist
 
 
@@ -52,8 +52,8 @@ def test_shards_cover_the_batch_once(n, world):
 
 
 def test_too_small_a_global_batch_is_refused_before_any_process_group_is_needed():
-    from bnrepro.data import TensorData
-    from bnrepro.train import train
+    from bnrepro.data.datasets import TensorData
+    from bnrepro.training.loop import train
 
     data = TensorData("toy", torch.randn(12, 3), torch.zeros(12, dtype=torch.long), torch.randn(4, 3),
                       torch.zeros(4, dtype=torch.long), ["a", "b"], "test", (0.0,), (1.0,))
@@ -65,7 +65,7 @@ def test_too_small_a_global_batch_is_refused_before_any_process_group_is_needed(
 
 def test_experiments_that_do_not_train_refuse_nproc(tmp_results):
     cfg = get_experiment("skipinit_paths").config.for_profile("smoke")
-    with pytest.raises(ConfigError, match="does not train through bnrepro.train.train"):
+    with pytest.raises(ConfigError, match="does not train through bnrepro.training.loop.train"):
         run_parallel(cfg, DataParallel(2, "sync"))
 
 
@@ -128,7 +128,7 @@ def test_torchrun_processes_store_what_nproc_stores(tmp_path, monkeypatch):
 
     spec = DataParallel(2, "sync")
     cfg = _lenet_cfg()
-    from bnrepro.store import read
+    from bnrepro.core.store import read
 
     via_torchrun = read(path_for(cfg, tmp_path / "torchrun", spec), cfg, spec)
     assert via_torchrun.provenance["launcher"] == "torchrun" and via_torchrun.provenance["world_size"] == 2
@@ -141,7 +141,7 @@ def test_torchrun_processes_store_what_nproc_stores(tmp_path, monkeypatch):
 
 # --------------------------------------------------------------------------- uneven batches, odd BN, provenance
 def _toy_run(n_train=23, batch_size=7, seed=0):
-    from bnrepro.data import TensorData
+    from bnrepro.data.datasets import TensorData
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n_train + 8, 5, generator=g)
@@ -155,7 +155,7 @@ def _toy_run(n_train=23, batch_size=7, seed=0):
 
 
 def _toy_rank(rank, world, mode, n_train, batch_size):
-    from bnrepro.train import train
+    from bnrepro.training.loop import train
 
     model, data = _toy_run(n_train, batch_size)
     with session(DataParallel(world, mode), rank, world, "cpu", "gloo"):
@@ -165,8 +165,8 @@ def _toy_rank(rank, world, mode, n_train, batch_size):
 
 @pytest.mark.parametrize("world, n_train", [(2, 23), (3, 23)])  # last batch of 2: shards 1+1, and 1+1+0
 def test_sync_bn_takes_one_process_steps_even_with_a_ragged_last_batch(world, n_train):
-    from bnrepro.launch import launch
-    from bnrepro.train import train
+    from bnrepro.distributed.launch import launch
+    from bnrepro.training.loop import train
 
     model, data = _toy_run(n_train, 7)
     one = train(model, data, epochs=2, batch_size=7, lr=0.1, device="cpu")
@@ -178,7 +178,7 @@ def test_sync_bn_takes_one_process_steps_even_with_a_ragged_last_batch(world, n_
 
 
 def test_per_device_bn_drops_a_last_batch_too_small_for_every_process():
-    from bnrepro.launch import launch
+    from bnrepro.distributed.launch import launch
 
     ranks = launch(_toy_rank, 2, ("local", 23, 7))  # last batch 2 < 2 per process
     assert [steps for steps, _ in ranks] == [6, 6]  # 3 batches per epoch, not 4
@@ -191,8 +191,8 @@ def test_bn_modes_refuse_a_model_with_bn_of_its_own_kind():
         model = NoisyVGG(norm="ghost", ghost_batch_size=4)
         with pytest.raises(ConfigError, match="BN layers of its own kind .*GhostBatchNorm"):
             Session(DataParallel(2 if mode == "sync" else 1, mode), world_size=1).prepare(model)
-    plain = NoisyVGG(norm="bn")  # plain BN converts, and the BN layers stay visible to bnrepro.freeze
-    from bnrepro.freeze import batchnorm_layers
+    plain = NoisyVGG(norm="bn")  # plain BN converts, and the BN layers stay visible to bnrepro.nn.freeze
+    from bnrepro.nn.freeze import batchnorm_layers
 
     n = len(batchnorm_layers(plain))
     Session(DataParallel(1, "ghost", 4)).prepare(plain)
@@ -203,8 +203,8 @@ def test_measurements_keep_their_own_provenance(tmp_results, monkeypatch):
     import dataclasses
 
     from bnrepro import experiments
-    from bnrepro.config import ExperimentConfig
-    from bnrepro.store import Result
+    from bnrepro.core.config import ExperimentConfig
+    from bnrepro.core.store import Result
 
     @dataclasses.dataclass(frozen=True)
     class StubConfig(ExperimentConfig):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bnrepro.experiments.lenet import LeNetConfig, run
-from bnrepro.store import path_for, read
+from bnrepro.core.store import path_for, read
 from conftest import needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from bnrepro.config import ConfigError
+from bnrepro.core.config import ConfigError
 from bnrepro.models import MODELS, LinearResNet, ResNet, residual_blocks
 from bnrepro.models.resnet import VARIANTS, resolve_alpha
-from bnrepro.skipinit import (brute_force_distribution, expected_path_depth, harmonic, headline,
-                              path_depth_distribution, share_within)
-from bnrepro.skipinit_sim import block_variances, path_variance_mc
+from bnrepro.measure.path_depth import (brute_force_distribution, expected_path_depth, harmonic, headline, path_depth_distribution, share_within)
+from bnrepro.measure.resnet_variance import block_variances, path_variance_mc
 
 
 # Tiny tensors: one intra-op thread is faster, and far faster on a busy shared CPU.
@@ -204,7 +203,7 @@ def test_configs_validate_and_sweeps_reach_1000_layers():
 
 
 def test_divergence_is_recorded_not_raised(monkeypatch):
-    from bnrepro.data import TensorData
+    from bnrepro.data.datasets import TensorData
     from bnrepro.experiments import skipinit_train
 
     g = torch.Generator().manual_seed(0)
@@ -221,7 +220,7 @@ def test_divergence_is_recorded_not_raised(monkeypatch):
 
 # ----------------------------------------------------------------- claims (chapter + scorecard)
 def _fake_run(experiment, config, **data):
-    from bnrepro.store import Result
+    from bnrepro.core.store import Result
 
     base = {"num_blocks": 1, "test_acc": None, "diverged": False, "diverged_at_step": None,
             "final_train_loss": None, "alpha_abs_mean": None, "planned_steps": 10}
@@ -269,7 +268,7 @@ def test_claims_from_synthetic_results():
 
 def test_chapter_claims_at_smoke_and_registered(tmp_results):
     from bnrepro import scorecard
-    from bnrepro.claims import VERDICTS, Claim
+    from bnrepro.core.claims import VERDICTS, Claim
     from bnrepro.experiments.skipinit import chapter_claims
 
     claims = chapter_claims("smoke")

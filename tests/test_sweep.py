@@ -12,8 +12,8 @@ import pytest
 
 from bnrepro.cli import main
 from bnrepro.experiments import get_experiment
-from bnrepro.store import path_for, read
-from bnrepro.sweep import run_sweep
+from bnrepro.core.store import path_for, read
+from bnrepro.runner.sweep import run_sweep
 from conftest import REPO, needs_fashion_mnist
 
 SEEDS = "0,1,2,3,4,5"
@@ -82,7 +82,7 @@ def test_submitit_local_executor_runs_and_resumes_a_sweep(tmp_results, capsys):
 
 
 def test_one_failing_run_does_not_stop_the_sweep(tmp_results, monkeypatch):
-    import bnrepro.store as store
+    import bnrepro.core.store as store
 
     configs = _lenet_configs([0, 1, 2])
 
@@ -99,7 +99,7 @@ def test_one_failing_run_does_not_stop_the_sweep(tmp_results, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["run", "skipinit_paths", "--nproc", "2"], "does not train through bnrepro.train.train"),
+    (["run", "skipinit_paths", "--nproc", "2"], "does not train through bnrepro.training.loop.train"),
     (["run", "lenet", "--grid", "seed"], "write it as NAME=V1,V2"),
     (["run", "lenet", "--grid", "sed=1,2"], "has no field 'sed'"),
     (["run", "lenet", "--grid", "seed=1,x"], "expected a value of type int"),
@@ -193,7 +193,7 @@ def test_jobs_do_not_change_the_threads_or_the_numbers_of_a_run(tmp_path, monkey
 def test_another_thread_count_changes_numbers_only_within_the_documented_tolerance(tmp_path, monkeypatch):
     import math
 
-    from bnrepro.device import THREAD_TOLERANCE
+    from bnrepro.core.device import THREAD_TOLERANCE
 
     cfg = _lenet_configs([0])[0].replace(n_train=1024, n_test=128, epochs=2)
     runs = {}
@@ -221,8 +221,8 @@ def test_a_bad_thread_count_is_one_clear_error(value, tmp_results, monkeypatch, 
 
 
 def test_an_unusable_results_folder_stops_a_pooled_sweep_before_any_run(tmp_path, monkeypatch):
-    import bnrepro.sweep as sweep
-    from bnrepro.store import ResultsFolderError
+    import bnrepro.runner.sweep as sweep
+    from bnrepro.core.store import ResultsFolderError
 
     (tmp_path / "r").write_text("")
     monkeypatch.setenv("BNREPRO_RESULTS", str(tmp_path / "r"))
@@ -258,8 +258,8 @@ def test_workers_of_a_sweep_killed_with_sigkill_end_too(tmp_results):
 
 
 def test_sigterm_stops_an_in_process_sweep_and_restores_the_handler(tmp_results, monkeypatch):
-    import bnrepro.store as store
-    from bnrepro.sweep import Terminated
+    import bnrepro.core.store as store
+    from bnrepro.runner.sweep import Terminated
 
     configs = _lenet_configs([0, 1, 2])
     ran = []

@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from bnrepro.data import TensorData
+from bnrepro.data.datasets import TensorData
 from bnrepro.models import LeNet
-from bnrepro.train import History, evaluate, load_checkpoint, lr_factor, save_checkpoint, train
+from bnrepro.training.loop import History, evaluate, load_checkpoint, lr_factor, save_checkpoint, train
 
 
 def toy_data(n=256, seed=0):

@@ -13,7 +13,7 @@ import importlib
 import pkgutil
 from typing import Callable
 
-from ..config import ExperimentConfig
+from ..core.config import ExperimentConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Experiment:
     run: Callable
     sweep: Callable[[str], list]
     doc: str = ""
-    data_parallel: bool = False  # trains through bnrepro.train.train: --nproc / --bn-mode apply
+    data_parallel: bool = False  # trains through bnrepro.training.loop.train: --nproc / --bn-mode apply
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -32,7 +32,7 @@ _REGISTRY: dict[str, Experiment] = {}
 def register(config: type[ExperimentConfig], run: Callable, sweep: Callable | None = None, *,
              data_parallel: bool = False) -> None:
     """Add an experiment. ``data_parallel=True`` says that its run trains through
-    :func:`bnrepro.train.train`, so that it can run over several processes (:mod:`bnrepro.parallel`)."""
+    :func:`bnrepro.training.loop.train`, so that it can run over several processes (:mod:`bnrepro.distributed.parallel`)."""
     name = config.experiment
     _REGISTRY[name] = Experiment(name, config, run,
                                  sweep or (lambda profile: [config.for_profile(profile)]),

@@ -8,12 +8,12 @@ batches, computed with ten different sets of weights). This experiment trains
 d2l's BN-LeNet on Fashion-MNIST and, at a list of checkpoints, measures the
 test accuracy three ways: with the running averages (``model.eval()``), with
 population statistics recomputed over the whole training set
-(:func:`bnrepro.basics.recalibrate_bn`), and with each test batch's own
+(:func:`bnrepro.measure.basics.recalibrate_bn`), and with each test batch's own
 statistics (the model left in training mode).
 
 :func:`checkpoint_table`, :func:`gap_summary` and :func:`gap_numbers` summarize
 the runs for the chapter "BN from first principles", whose claims
-(:func:`bnrepro.first_principles.chapter_claims`) are registered with the
+(:func:`bnrepro.chapters.bn_first_principles.chapter_claims`) are registered with the
 scorecard at the bottom of this module.
 """
 
@@ -26,15 +26,15 @@ import time
 
 import torch
 
-from ..basics import bn_layers, bn_statistics, recalibrate_bn
-from ..config import ExperimentConfig, require
-from ..data import DATASETS, load_dataset, require_subset
-from ..device import get_device
+from ..measure.basics import bn_layers, bn_statistics, recalibrate_bn
+from ..core.config import ExperimentConfig, require
+from ..data.datasets import DATASETS, load_dataset, require_subset
+from ..core.device import get_device
 from ..models import INITS
-from ..provenance import provenance
+from ..core.provenance import provenance
 from ..scorecard import register_chapter
-from ..store import Result, load_or_run
-from ..train import evaluate, train
+from ..core.store import Result, load_or_run
+from ..training.loop import evaluate, train
 from . import register
 from .lenet import build_lenet
 
@@ -211,8 +211,8 @@ def gap_numbers(ckpt) -> dict[str, float]:
 
 register(BNInferenceConfig, run, sweep, data_parallel=True)
 
-# The chapter's claims (bnrepro.first_principles) read this module's runs; importing it
+# The chapter's claims (bnrepro.chapters.bn_first_principles) read this module's runs; importing it
 # here registers them with the scorecard whenever the experiments are loaded.
-from ..first_principles import chapter_claims  # noqa: E402
+from ..chapters.bn_first_principles import chapter_claims  # noqa: E402
 
 register_chapter("book/bn_first_principles", "BN from first principles", 20, chapter_claims)

@@ -1,7 +1,7 @@
 """Training only BatchNorm (Frankle, Schwab & Morcos 2020, arXiv 2003.00152) and the blog's recipe.
 
 One run = one network (a CIFAR ResNet or a BN-VGG) with one freezing arm
-(:data:`bnrepro.freeze.FREEZINGS`), one gamma initialiser and one optimizer
+(:data:`bnrepro.nn.freeze.FREEZINGS`), one gamma initialiser and one optimizer
 recipe. Besides the training history each run stores the BN gammas before
 and after training and, for arms that train gamma, what happens to the test
 accuracy when the channels with |gamma| below each of ``gamma_thresholds`` are switched
@@ -30,18 +30,17 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..claims import Claim, at_least, at_most, between
-from ..config import ExperimentConfig, require
-from ..data import DATASETS, load_dataset, random_crop_flip, require_subset
-from ..device import get_device
-from ..freeze import (BN_INITS, FREEZINGS, apply_freezing, batchnorm_layers, batchnorm_parameter_names,
-                      bn_gammas, init_batchnorm)
+from ..core.claims import Claim, at_least, at_most, between
+from ..core.config import ExperimentConfig, require
+from ..data.datasets import DATASETS, load_dataset, random_crop_flip, require_subset
+from ..core.device import get_device
+from ..nn.freeze import (BN_INITS, FREEZINGS, apply_freezing, batchnorm_layers, batchnorm_parameter_names, bn_gammas, init_batchnorm)
 from ..models import count_parameters
-from ..models.cifar_resnet import VGG_PLANS, cifar_resnet, resnet_blocks_per_stage, vgg_bn
-from ..provenance import provenance
+from ..models.cifar import VGG_PLANS, cifar_resnet, resnet_blocks_per_stage, vgg_bn
+from ..core.provenance import provenance
 from ..scorecard import register_chapter
-from ..store import Result, load_or_run
-from ..train import OPTIMIZERS, SCHEDULES, evaluate, train
+from ..core.store import Result, load_or_run
+from ..training.loop import OPTIMIZERS, SCHEDULES, evaluate, train
 from . import register
 
 ARCHS = ("resnet", "vgg")
@@ -79,8 +78,8 @@ class BNOnlyConfig(ExperimentConfig):
     depth: int = 110                 # ResNet depth 6D+2
     width: int = 16                  # ResNet W (stages W, 2W, 4W); VGG first-stage width (64 = open_lth)
     vgg_plan: str = "vgg16"
-    trainable: str = "bn"            # key of bnrepro.freeze.FREEZINGS
-    bn_init: str = "uniform"         # key of bnrepro.freeze.BN_INITS; open_lth default
+    trainable: str = "bn"            # key of bnrepro.nn.freeze.FREEZINGS
+    bn_init: str = "uniform"         # key of bnrepro.nn.freeze.BN_INITS; open_lth default
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9

@@ -5,7 +5,7 @@ One experiment, ``bn_training``: train one fully connected sigmoid network
 Gaussian weights, batch 60, plain SGD) and record
 
 * the test accuracy every ``eval_every`` steps (Figure 1a plots it against
-  steps, so :func:`bnrepro.train.train` evaluates by steps here);
+  steps, so :func:`bnrepro.training.loop.train` evaluates by steps here);
 * the 15th/50th/85th percentiles of the input to the first ``probe_units``
   sigmoids of the last hidden layer on a fixed probe batch, every
   ``probe_every`` steps (Figure 1b, c), via a training callback.
@@ -32,14 +32,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..config import ExperimentConfig, require
-from ..data import DATASETS, DataNotFoundError, load_dataset, require_subset
-from ..device import cpu_threads, get_device
+from ..core.config import ExperimentConfig, require
+from ..data.datasets import DATASETS, DataNotFoundError, load_dataset, require_subset
+from ..core.device import cpu_threads, get_device
 from ..models import ACTIVATIONS, MLP, NORMS, count_parameters
-from ..provenance import provenance
+from ..core.provenance import provenance
 from ..scorecard import register_chapter
-from ..store import Result
-from ..train import StepState, train
+from ..core.store import Result
+from ..training.loop import StepState, train
 from . import register
 
 #: Test accuracy the "steps to reach X" metric uses, fixed before any run.
@@ -372,8 +372,7 @@ def sweep(profile: str) -> list[BNTrainingConfig]:
 
 # The chapter's claims live in a helper module (this one would grow past ~400 lines);
 # it is imported here, at the end, because it uses the names above.
-from ._bn_training_claims import (ARM, bias_gradient_check, chapter_claims, claims,  # noqa: E402
-                                  fig1_per_arm, load_sweep, quantities, ratio, runs_table, summary_row)
+from ..chapters.bn_training import (ARM, bias_gradient_check, chapter_claims, claims, fig1_per_arm, load_sweep, quantities, ratio, runs_table, summary_row)
 
 register(BNTrainingConfig, run, sweep, data_parallel=True)
 register_chapter("book/bn_training", "BN in training (Ioffe & Szegedy)", 30, chapter_claims)

@@ -19,19 +19,18 @@ import time
 
 import torch
 
-from ..config import ExperimentConfig, require
-from ..data import load_dataset, require_subset
-from ..decoupling import (decoupled_gd, gd, least_squares, linear_rate, logistic_regression,
-                          scale_invariant_gd)
-from ..device import get_device
-from ..ics import DeepLinearNet, activation_probe, gaussian_classification, ics_callback
-from ..landscape import DEFAULT_STEP_SIZES, landscape_callback
+from ..core.config import ExperimentConfig, require
+from ..data.datasets import load_dataset, require_subset
+from ..measure.decoupling import (decoupled_gd, gd, least_squares, linear_rate, logistic_regression, scale_invariant_gd)
+from ..core.device import get_device
+from ..measure.ics import DeepLinearNet, activation_probe, gaussian_classification, ics_callback
+from ..measure.landscape import DEFAULT_STEP_SIZES, landscape_callback
 from ..models import NoisyVGG, count_parameters
 from ..models.vgg import VGG_CONFIGS
-from ..provenance import provenance
+from ..core.provenance import provenance
 from ..scorecard import register_chapter
-from ..store import Result
-from ..train import evaluate, train
+from ..core.store import Result
+from ..training.loop import evaluate, train
 from . import register
 
 
@@ -292,8 +291,8 @@ register(DecouplingConfig, run_decoupling, sweep_decoupling)
 
 
 def chapter_claims(profile: str, device=None):
-    """The chapter's scored claims (computed in :mod:`bnrepro.ics_report`), for the scorecard."""
-    from ..ics_report import chapter_claims as claims
+    """The chapter's scored claims (computed in :mod:`bnrepro.chapters.ics`), for the scorecard."""
+    from ..chapters.ics import chapter_claims as claims
 
     return claims(profile, device)
 

@@ -16,15 +16,15 @@ import time
 
 import torch
 
-from ..config import ExperimentConfig, require
-from ..data import DATASETS, load_dataset, require_subset
-from ..device import get_device
+from ..core.config import ExperimentConfig, require
+from ..data.datasets import DATASETS, load_dataset, require_subset
+from ..core.device import get_device
 from ..models import INITS, NORMS, LeNet, count_parameters, init_weights
-from ..claims import Claim, at_least, between, within
-from ..provenance import provenance
+from ..core.claims import Claim, at_least, between, within
+from ..core.provenance import provenance
 from ..scorecard import register_chapter
-from ..store import Result, load_or_run
-from ..train import train
+from ..core.store import Result, load_or_run
+from ..training.loop import train
 from . import register
 
 

@@ -1,7 +1,7 @@
 """Batch statistics across devices: per-device vs synchronized BN (chapter ``book/multidevice_bn``).
 
 Two experiments, each launched over real processes (gloo on the CPU) with
-:func:`bnrepro.launch.launch`:
+:func:`bnrepro.distributed.launch.launch`:
 
 * ``bn_equivalence`` -- a few SGD steps of a tiny float64 BN network under DDP:
   per-device BN against one process with ghost BN (one ghost batch per
@@ -24,13 +24,13 @@ import time
 
 import torch
 
-from ..claims import Claim, at_least, at_most
-from ..config import ExperimentConfig, require
-from ..launch import bn_steps, launch, reference_bn_steps
-from ..parallel import DataParallel
-from ..provenance import provenance
+from ..core.claims import Claim, at_least, at_most
+from ..core.config import ExperimentConfig, require
+from ..distributed.launch import bn_steps, launch, reference_bn_steps
+from ..distributed.parallel import DataParallel
+from ..core.provenance import provenance
 from ..scorecard import register_chapter
-from ..store import Result, load_or_run
+from ..core.store import Result, load_or_run
 from . import register
 
 
@@ -142,11 +142,11 @@ def _time_worker(rank: int, world: int, x: torch.Tensor, y: torch.Tensor, cfg: d
     import torch.nn.functional as F
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from ..launch import apply_bn_mode
+    from ..distributed.launch import apply_bn_mode
     from ..models import LeNet, init_weights
 
     local_bs = cfg["batch_size"] // world
-    from .. import sync_bn
+    from ..nn import sync_bn
 
     models = {}
     for mode in MODES:
@@ -190,7 +190,7 @@ def _paired(times: dict, a: str, b: str) -> float:
 
 def run_sync_cost(cfg: SyncCostConfig, device=None) -> Result:
     """Per-step time of DDP BN-LeNet with per-device vs synchronized BN (gloo processes on this CPU)."""
-    from ..data import load_dataset
+    from ..data.datasets import load_dataset
 
     start = time.perf_counter()
     data = load_dataset("fashion-mnist", device="cpu", n_train=cfg.batch_size * cfg.n_batches, n_test=1)

@@ -5,7 +5,7 @@ Two measurements at initialisation, no training:
 * ``skipinit_paths``: the share of the output variance carried by paths
   through k residual branches in explicit random deep linear residual
   networks (BN, the fixed 1/sqrt(i) scaling, or no normalization), against
-  the exact distribution of :func:`bnrepro.skipinit.path_depth_distribution`.
+  the exact distribution of :func:`bnrepro.measure.path_depth.path_depth_distribution`.
 * ``skipinit_variance``: Figure 4, per residual block, the variance of the skip
   path, of the residual branch and BN's moving statistics, (a) ``kind="linear"``:
   a deep linear ResNet on Gaussian inputs, (b) ``kind="conv"``: a ReLU conv
@@ -19,16 +19,16 @@ import time
 
 import torch
 
-from ..config import ExperimentConfig, require
-from ..data import DATASETS, load_dataset
-from ..device import get_device
+from ..core.config import ExperimentConfig, require
+from ..data.datasets import DATASETS, load_dataset
+from ..core.device import get_device
 from ..models import LinearResNet, ResNet
-from ..provenance import provenance
+from ..core.provenance import provenance
 from ..scorecard import register_chapter
-from ..skipinit import path_depth_distribution
-from ..device import cpu_threads
-from ..skipinit_sim import MC_MODES, block_variances, path_variance_mc
-from ..store import Result
+from ..measure.path_depth import path_depth_distribution
+from ..core.device import cpu_threads
+from ..measure.resnet_variance import MC_MODES, block_variances, path_variance_mc
+from ..core.store import Result
 from . import register
 
 
@@ -155,8 +155,6 @@ register(SkipInitPathsConfig, run_paths)
 register(SkipInitVarianceConfig, run_variance, sweep_variance)
 
 # the chapter's claims (book/skipinit.ipynb and the scorecard page both read them from here)
-from ._skipinit_claims import (CHANCE, acc_or_chance, batch_frame, batch_summary, best_per_batch,  # noqa: E402
-                               chapter_claims, claims, deepest, depth_frame, fig4_linear, load_sweep,
-                               quantities)
+from ..chapters.skipinit import (CHANCE, acc_or_chance, batch_frame, batch_summary, best_per_batch, chapter_claims, claims, deepest, depth_frame, fig4_linear, load_sweep, quantities)
 
 register_chapter("book/skipinit", "SkipInit (De & Smith)", 45, chapter_claims)

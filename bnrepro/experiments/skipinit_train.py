@@ -24,14 +24,14 @@ import time
 
 import torch
 
-from ..config import ExperimentConfig, require
-from ..data import DATASETS, load_dataset, random_crop_flip, require_subset
-from ..device import get_device
+from ..core.config import ExperimentConfig, require
+from ..data.datasets import DATASETS, load_dataset, random_crop_flip, require_subset
+from ..core.device import get_device
 from ..models import RESNET_VARIANTS, ResNet, count_parameters
-from ..provenance import provenance
-from ..device import cpu_threads
-from ..store import Result
-from ..train import SCHEDULES, train
+from ..core.provenance import provenance
+from ..core.device import cpu_threads
+from ..core.store import Result
+from ..training.loop import SCHEDULES, train
 from . import register
 
 _PAPER = {"dataset": "cifar10", "widen": 2, "base_width": 16, "stem_stride": 1, "batch_size": 64,

@@ -12,7 +12,7 @@ from torch import nn
 from .common import (ACTIVATIONS, INITS, NORMS, check_choice, count_parameters, has_batchnorm,
                      init_weights, make_activation, make_norm)
 from .lenet import MLP, LeNet
-from .cifar_resnet import VGG, CifarResNet, cifar_resnet, vgg_bn
+from .cifar import VGG, CifarResNet, cifar_resnet, vgg_bn
 from .vgg import DistributionNoise, GhostBatchNorm, NoisyVGG, hold_noise, layer_groups
 from .resnet import VARIANTS as RESNET_VARIANTS, LinearResNet, ResNet, residual_blocks
 

@@ -4,10 +4,10 @@ Every model takes a ``norm`` argument naming its normalization layer, so that
 "with vs without BN" is configuration, not a second class:
 
 * ``"bn"``      -- PyTorch's ``nn.BatchNorm1d/2d``;
-* ``"bnrepro"`` -- the book's own :class:`bnrepro.norm.BatchNorm` (closed-form
+* ``"bnrepro"`` -- the book's own :class:`bnrepro.nn.batchnorm.BatchNorm` (closed-form
   backward pass, chapter "BN from first principles");
 * ``"none"``    -- no normalization;
-* ``"bn_mean_only"`` / ``"bn_var_only"`` -- :class:`bnrepro.norm.BatchNorm` with
+* ``"bn_mean_only"`` / ``"bn_var_only"`` -- :class:`bnrepro.nn.batchnorm.BatchNorm` with
   ``mode="mean_only"`` / ``"var_only"`` (d2l's ablation exercise).
 """
 
@@ -43,7 +43,7 @@ def make_norm(norm: str, num_features: int, dim: int) -> nn.Module:
     if norm == "none":
         return nn.Identity()
     if norm in ("bnrepro", "bn_mean_only", "bn_var_only"):
-        from ..norm import BatchNorm1d, BatchNorm2d  # local import: norm imports nothing from here
+        from ..nn.batchnorm import BatchNorm1d, BatchNorm2d  # local import: norm imports nothing from here
 
         mode = "full" if norm == "bnrepro" else norm[len("bn_"):]
         return (BatchNorm1d if dim == 1 else BatchNorm2d)(num_features, mode=mode)

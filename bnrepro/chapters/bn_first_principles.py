@@ -1,0 +1,320 @@
+"""The claims of the chapter "Batch normalization from first principles", computed.
+
+``book/bn_first_principles.ipynb`` derives BN from scratch in the open and
+demonstrates each point inline. This module recomputes every number its
+claims table needs with the package's own code -- :mod:`bnrepro.nn.batchnorm` against
+PyTorch, :mod:`bnrepro.measure.basics`, the stored runs of the ``bn_inference``
+experiment -- and :func:`chapter_claims` scores them. The chapter's claims
+table and the scorecard page both call :func:`chapter_claims` (registered in
+:mod:`bnrepro.experiments.bn_inference`), so the two can never disagree.
+Every rule and threshold was fixed before computing; the chapter's "Claims"
+section states them in prose.
+
+The exact checks use the chapter's shapes and seeds, so they give the same
+numbers as its inline demonstrations; the global random state is left as it was.
+"""
+
+from __future__ import annotations
+
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn import batchnorm as bnr
+from ..measure.basics import bias_explosion, feature_scaling_regression
+from ..core.claims import Claim, at_least, at_most
+from ..core.device import cpu_threads
+
+IS = "Ioffe & Szegedy 2015"
+SHAPES = ((32, 5), (16, 3, 6, 6))        # a fully connected and a convolutional activation
+SCALES = (0.01, 0.1, 10.0, 1000.0)       # the a of Section 3.3's BN((aW)u) = BN(Wu)
+BIAS_STEPS = 200                         # Section 2's bias explosion, full-batch GD steps
+SCALING_STEPS = 300                      # feature scaling: SGD steps per run
+SCALING_LRS = (1e-5, 3e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+SPEED_SHAPE = (64, 32, 28, 28)           # a convolution-sized activation (batch 64, 32 channels)
+
+
+def max_abs(a, b) -> float:
+    """Largest absolute difference between two tensors, as a float."""
+    return (a - b).abs().max().item()
+
+
+def max_dev(a, b) -> float:
+    """Largest absolute difference, divided by the largest |entry| of the reference ``b``
+    when that exceeds 1 (float32 rounding grows with the size of the numbers)."""
+    return max_abs(a, b) / max(1.0, b.abs().max().item())
+
+
+def _grads(forward, X, gamma, beta, dY):
+    X, gamma, beta = (t.detach().clone().requires_grad_() for t in (X, gamma, beta))
+    return torch.autograd.grad(forward(X, gamma, beta), (X, gamma, beta), dY)
+
+
+def _definition_bn(X, gamma, beta, eps=1e-5):
+    """Algorithm 1 written out in tensor ops, for autograd to differentiate."""
+    dims, shape = (0,) + tuple(range(2, X.dim())), (1, -1) + (1,) * (X.dim() - 2)
+    mean = X.mean(dims, keepdim=True)
+    var = ((X - mean) ** 2).mean(dims, keepdim=True)
+    return gamma.view(shape) * (X - mean) / torch.sqrt(var + eps) + beta.view(shape)
+
+
+def _package_bn(X, gamma, beta):
+    return bnr.batch_norm(X, None, None, gamma, beta, training=True)
+
+
+def _torch_bn(X, gamma, beta):
+    return F.batch_norm(X, None, None, gamma, beta, training=True)
+
+
+def _gradient_inputs(shape, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    kw = {"generator": g, "dtype": torch.float64}
+    X, dY = torch.randn(shape, **kw) * 3 + 2, torch.randn(shape, **kw)
+    return X, torch.rand(shape[1], **kw) + 0.5, torch.randn(shape[1], **kw), dY
+
+
+def backward_deviation() -> float:
+    """Section 3's backward pass, in the package's closed form, against autograd through
+    Algorithm 1 and against PyTorch, float64: the largest absolute gradient difference."""
+    worst = 0.0
+    for shape in SHAPES:
+        X, gamma, beta, dY = _gradient_inputs(shape)
+        ours = _grads(_package_bn, X, gamma, beta, dY)
+        for ref in (_definition_bn, _torch_bn):
+            worst = max(worst, *(max_abs(a, b) for a, b in zip(ours, _grads(ref, X, gamma, beta, dY))))
+    return worst
+
+
+def _functional_deviation(shape, steps=5, seed=0) -> float:
+    """bnrepro.nn.batchnorm.batch_norm vs F.batch_norm: outputs and running statistics over
+    ``steps`` training batches and one inference batch, float32."""
+    g = torch.Generator().manual_seed(seed)
+    C = shape[1]
+    gamma, beta = torch.rand(C, generator=g) + 0.5, torch.randn(C, generator=g)
+    ref, ours = (torch.zeros(C), torch.ones(C)), (torch.zeros(C), torch.ones(C))
+    worst = 0.0
+    for step in range(steps + 1):
+        training = step < steps
+        X = torch.randn(shape, generator=g) * 3 + 2
+        y_ref = F.batch_norm(X, *ref, gamma, beta, training=training)
+        y = bnr.batch_norm(X, *ours, gamma, beta, training=training)
+        worst = max(worst, max_dev(y, y_ref), *(max_dev(a, b) for a, b in zip(ours, ref)))
+    return worst
+
+
+def _module_deviation(shape, steps=4, seed=2) -> float:
+    """bnrepro.nn.batchnorm.BatchNorm vs nn.BatchNorm1d/2d, trained side by side, then in eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    ref = (nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d)(shape[1])
+    ours = bnr.BatchNorm(shape[1])
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5, generator=g)
+        ref.bias.normal_(generator=g)
+    ours.load_state_dict(ref.state_dict())
+    worst = 0.0
+    for step in range(steps + 1):
+        ref.train(step < steps)
+        ours.train(step < steps)
+        X = (torch.randn(shape, generator=g) * 3 + 2).requires_grad_()
+        dY = torch.randn(shape, generator=g)
+        outs = [m(X) for m in (ref, ours)]
+        grads = [torch.autograd.grad(y, (X, m.weight, m.bias), dY) for y, m in zip(outs, (ref, ours))]
+        worst = max(worst, max_dev(outs[1], outs[0]), *(max_dev(b, a) for a, b in zip(*grads)),
+                    max_dev(ours.running_mean, ref.running_mean),
+                    max_dev(ours.running_var, ref.running_var))
+    return worst
+
+
+def package_deviation() -> float:
+    """bnrepro.nn.batchnorm against PyTorch in float32 (``max_dev``): the functional form's outputs
+    and running statistics, its gradients, and the module trained and evaluated."""
+    grads = max(max_dev(a, b) for shape in SHAPES
+                for a, b in zip(*(_grads(f, *(t.float() for t in _gradient_inputs(shape)))
+                                  for f in (_package_bn, _torch_bn))))
+    return max(grads, *(_functional_deviation(s) for s in SHAPES), *(_module_deviation(s) for s in SHAPES))
+
+
+def conv_fc_deviation(seed: int = 0) -> float:
+    """Section 3.2: a 1x1 convolution + BatchNorm2d equals Linear + BatchNorm1d with every
+    pixel moved into the batch (outputs, weight gradients, running statistics; max_dev)."""
+    N, C_in, C_out, H, W = 8, 3, 4, 5, 6
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        X = torch.randn(N, C_in, H, W) * 2 + 1
+        conv, bn2d = nn.Conv2d(C_in, C_out, kernel_size=1), nn.BatchNorm2d(C_out)
+        linear, bn1d = nn.Linear(C_in, C_out), nn.BatchNorm1d(C_out)
+        with torch.no_grad():
+            linear.weight.copy_(conv.weight.view(C_out, C_in))
+            linear.bias.copy_(conv.bias)
+        Y_conv = bn2d(conv(X))
+        pixels = X.permute(0, 2, 3, 1).reshape(N * H * W, C_in)
+        Y_fc = bn1d(linear(pixels)).reshape(N, H, W, C_out).permute(0, 3, 1, 2)
+        dY = torch.randn_like(Y_conv)
+    g_conv = torch.autograd.grad(Y_conv, conv.weight, dY)[0].view(C_out, C_in)
+    g_fc = torch.autograd.grad(Y_fc, linear.weight, dY)[0]
+    return max(max_dev(Y_fc, Y_conv), max_dev(g_fc, g_conv),
+               max_dev(bn1d.running_mean, bn2d.running_mean), max_dev(bn1d.running_var, bn2d.running_var))
+
+
+def scale_invariance(seed: int = 0) -> dict[str, float]:
+    """Section 3.3 for eps = 0, float64, a in :data:`SCALES`: the largest relative deviation of
+    BN((aW)u) from BN(Wu) (``output``), of its Jacobian in u (``jacobian``), and of
+    a * dl/d(aW) from dl/dW (``gradient``), for a loss linear in the BN outputs."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(32, 10, generator=g, dtype=torch.float64) * 2 + 1
+    W = torch.randn(5, 10, generator=g, dtype=torch.float64)
+    c = torch.randn(32, 5, generator=g, dtype=torch.float64)
+
+    def bn_of(weight, inputs):
+        return bnr.batch_norm(inputs @ weight.T, None, None, training=True, eps=0.0)
+
+    def loss_grad(weight):
+        weight = weight.detach().clone().requires_grad_()
+        return torch.autograd.grad((c * bn_of(weight, u)).sum(), weight)[0]
+
+    def rel(a, b):
+        return max_abs(a, b) / b.abs().max().item()
+
+    jacobian = torch.autograd.functional.jacobian
+    jac_ref, grad_ref = jacobian(lambda v: bn_of(W, v), u), loss_grad(W)
+    return {"output": max(rel(bn_of(a * W, u), bn_of(W, u)) for a in SCALES),
+            "jacobian": max(rel(jacobian(lambda v: bn_of(a * W, v), u), jac_ref) for a in SCALES),
+            "gradient": max(rel(a * loss_grad(a * W), grad_ref) for a in SCALES)}
+
+
+def bias_numbers(steps: int = BIAS_STEPS) -> dict[str, float]:
+    """Section 2 (:func:`bnrepro.measure.basics.bias_explosion`): ``growth`` = ||b_T|| / ||b_T/2|| with
+    the mean outside the gradient, ``loss_move_from_b`` = the largest loss change a bias step
+    causes there, ``b_change_inside`` = the range of ||b|| with the mean inside the gradient."""
+    outside = bias_explosion(in_gradient=False, steps=steps)
+    inside = bias_explosion(in_gradient=True, steps=steps)
+    return {"growth": outside["b_norm"][-1] / outside["b_norm"][steps // 2],
+            "loss_move_from_b": max(abs(v) for v in outside["loss_change_from_b"]),
+            "b_change_inside": max(inside["b_norm"]) - min(inside["b_norm"])}
+
+
+def best_scaling_losses(steps: int = SCALING_STEPS) -> dict[str, float]:
+    """Feature scaling (:func:`bnrepro.measure.basics.feature_scaling_regression`): per method, the
+    lowest final loss over :data:`SCALING_LRS` among the runs that did not diverge."""
+    best = {}
+    for method in ("raw", "standardized", "bn"):
+        runs = [feature_scaling_regression(method, lr, steps=steps) for lr in SCALING_LRS]
+        best[method] = min(r["final_loss"] for r in runs if not r["diverged"])
+    return best
+
+
+def running_var_gap(m: int = 8, seed: int = 0) -> float:
+    """Algorithm 2 / PyTorch: after one batch of ``m`` with momentum 1, |running_var - the
+    unbiased batch variance m/(m-1) sigma_B^2|, largest over 3 channels, float32."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        x = torch.randn(m, 3) * 2 + 1
+    layer = nn.BatchNorm1d(3, momentum=1.0)
+    layer(x)
+    return max_abs(layer.running_var, x.var(0, unbiased=True))
+
+
+def keras_deviation(batches: int = 200, m: int = 16, channels: int = 1000, seed: int = 1) -> float:
+    """PyTorch momentum 0.1 against Keras's rule with decay momentum_to_decay(0.1) = 0.9,
+    replayed by hand: the largest difference in running mean or variance after ``batches``."""
+    decay = bnr.momentum_to_decay(0.1)
+    layer = nn.BatchNorm1d(channels, momentum=0.1)
+    mean, var = torch.zeros(channels), torch.ones(channels)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for _ in range(batches):
+            xb = torch.randn(m, channels)
+            layer(xb)
+            mean = decay * mean + (1 - decay) * xb.mean(0)
+            var = decay * var + (1 - decay) * xb.var(0, unbiased=True)
+    return max(max_abs(layer.running_mean, mean), max_abs(layer.running_var, var))
+
+
+def measure_speed(profile: str) -> dict:
+    """:func:`bnrepro.nn.batchnorm.bn_speed` on :data:`SPEED_SHAPE`, one CPU thread, few repeats
+    (about a second): quick enough for the scorecard, noisy by some tens of percent."""
+    return bnr.bn_speed(shape=SPEED_SHAPE, repeats=10 if profile == "smoke" else 20, warmup=3, threads=1)
+
+
+def quantities(profile: str, device=None, speed: dict | None = None) -> dict:
+    """Every number the claims read (a few seconds on a CPU, plus the ``bn_inference`` sweep
+    if it is not stored). ``speed``: a :func:`measure_speed` result to reuse (the chapter
+    passes the one it shows), else measured here."""
+    from ..experiments import bn_inference
+
+    inference = bn_inference.load_sweep(profile, device, verbose=False)
+    q = {"speed": speed or measure_speed(profile),
+         **bn_inference.gap_numbers(bn_inference.checkpoint_table(inference))}
+    with cpu_threads():
+        q.update(derivation_dev=backward_deviation(), package_dev=package_deviation(),
+                 conv_fc_dev=conv_fc_deviation(), var_gap=running_var_gap(),
+                 keras_dev=keras_deviation(), **{f"scale_{k}": v for k, v in scale_invariance().items()},
+                 **bias_numbers())
+        best = best_scaling_losses()
+    q.update(raw_over_std=best["raw"] / best["standardized"], raw_over_bn=best["raw"] / best["bn"])
+    return q
+
+
+def claims(q: dict, profile: str) -> list[Claim]:
+    """The chapter's claims: :func:`quantities` scored by rules fixed before computing."""
+    scale = f"{profile} profile, CPU, float64 for identities unless noted"
+    f32 = f"{profile} profile, float32"
+    lenet = f"{profile} profile, BN-LeNet, Fashion-MNIST"
+    lsq = "least squares, feature mean 200, float32"
+    speed = q["speed"]
+    return [
+        Claim("backward-equations", f"{IS}, Sec. 3", "the backward equations give the true gradient "
+              "(max abs dev. from autograd and PyTorch, float64)", "exact", q["derivation_dev"],
+              at_most(1e-10), scale, fmt="{:.1e}"),
+        Claim("package-equals-pytorch", "issue 3 / PyTorch semantics", "bnrepro BN equals PyTorch BN: "
+              "outputs, gradients, running stats (max_dev, float32)", "equal", q["package_dev"],
+              at_most(1e-5, 1e-4), f32, fmt="{:.1e}"),
+        Claim("conv-1x1-is-fc", f"{IS}, Sec. 3.2", "1x1 conv + BN2d = pixels-as-batch Linear + BN1d "
+              "(max_dev, float32)", "equal", q["conv_fc_dev"], at_most(1e-5), f32, fmt="{:.1e}"),
+        Claim("scale-invariance-output", f"{IS}, Sec. 3.3", "BN((aW)u) = BN(Wu), eps = 0 "
+              "(max relative dev., a = 0.01..1000)", "exact", q["scale_output"], at_most(1e-10), scale,
+              fmt="{:.1e}"),
+        Claim("scale-invariance-jacobian", f"{IS}, Sec. 3.3", "dBN((aW)u)/du = dBN(Wu)/du "
+              "(max relative dev.)", "exact", q["scale_jacobian"], at_most(1e-10), scale, fmt="{:.1e}"),
+        Claim("gradient-scales-1/a", f"{IS}, Sec. 3.3", "dl/d(aW) = (1/a) dl/dW (max relative dev.)",
+              "exact", q["scale_gradient"], at_most(1e-10), scale, fmt="{:.1e}"),
+        Claim("bias-grows-outside-gradient", f"{IS}, Sec. 2", "normalizing outside the gradient: "
+              "b grows without bound (||b_T|| / ||b_T/2||)", "grows indefinitely", q["growth"],
+              at_least(1.5, 0.4), scale, fmt="{:.2f}"),
+        Claim("loss-fixed-while-b-grows", f"{IS}, Sec. 2", "... while a bias step leaves the loss "
+              "unchanged (max |loss change|)", "no change", q["loss_move_from_b"], at_most(1e-10), scale,
+              fmt="{:.1e}"),
+        Claim("bias-bounded-inside-gradient", f"{IS}, Sec. 2", "normalization inside the gradient: "
+              "b does not move (range of ||b||)", "bounded", q["b_change_inside"], at_most(1e-10), scale,
+              fmt="{:.1e}"),
+        Claim("standardizing-speeds-up", f"{IS}, Sec. 2 (LeCun et al. 1998)", "standardized inputs "
+              "converge faster (best raw loss / best standardized loss, 300 steps)", "faster",
+              q["raw_over_std"], at_least(10, 8), lsq, fmt="{:.0f}"),
+        Claim("bn-fixes-scaling", f"{IS}, Sec. 3; d2l BN chapter", "a BN layer in front fixes the badly "
+              "scaled input (best raw loss / best BN loss, 300 steps)", "faster", q["raw_over_bn"],
+              at_least(10, 8), lsq, fmt="{:.0f}"),
+        Claim("running-var-unbiased", f"{IS}, Alg. 2; PyTorch", "running_var stores the unbiased "
+              "variance m/(m-1) sigma_B^2 (max abs dev.)", "unbiased", q["var_gap"], at_most(1e-5),
+              "m = 8, float32", fmt="{:.1e}"),
+        Claim("pytorch-0.1-is-keras-0.9", "PyTorch / Keras docs", "PyTorch momentum 0.1 = Keras decay "
+              "0.9 (max abs dev. of running stats, 200 batches)", "equal", q["keras_dev"], at_most(1e-5),
+              "float32", fmt="{:.1e}"),
+        Claim("running-stats-warm-up", "running-average formula (part 3 here)", "in the first 10 steps "
+              "population statistics beat running averages (accuracy gap)", "> 0", q["early_gap"],
+              at_least(0.05, 0.045), lenet),
+        Claim("running-stats-trail-at-lr-1", "the usual explanation of d2l-zh's test-accuracy swings",
+              "at lr 1.0, population statistics beat running averages later in training (mean gap)",
+              "> 0", q["late_gap_high"], at_least(0.005, 0.005), lenet),
+        Claim("running-stats-fine-at-lr-0.1", "part 3 here (the gap grows with lr)", "at lr 0.1 the "
+              "late gap is negligible (|mean gap|)", "~ 0", abs(q["late_gap_low"]), at_most(0.005, 0.005),
+              lenet),
+        Claim("bn-speed", "issue 3 (our target)", "package BN forward+backward time / PyTorch's "
+              "(64x32x28x28, CPU)", "<= 2", speed["ratio"], at_most(2.0, 1.0),
+              f"{speed['threads']} CPU thread(s), timed when the claims are computed", fmt="{:.2f}"),
+    ]
+
+
+def chapter_claims(profile: str, device=None, speed: dict | None = None) -> list[Claim]:
+    """The chapter's claims table and the scorecard's entry for it."""
+    return claims(quantities(profile, device, speed), profile)
