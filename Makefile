@@ -16,12 +16,13 @@ MATHJAX_VER  := 3.2.2
 MATHJAX      := _mathjax/mathjax/tex-chtml.js
 DEBIAN_FMNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: help setup data mathjax browser book test test-fast check-html bench gpu-check gpu-check-dry reproduce clean clean-book
+.PHONY: help setup data mathjax browser book test test-fast lint check-html bench gpu-check gpu-check-dry reproduce clean clean-book
 
 help:
 	@echo "make book    set up, then build the HTML book (PROFILE=cpu|smoke|paper, default cpu)"
 	@echo "make test    set up, then run unit tests and execute every notebook (smoke profile)"
 	@echo "make bench   training images/s: tensor-resident loop vs DataLoader loop"
+	@echo "make lint    ruff on the package and the tests (part of make test)"
 	@echo "make gpu-check   the 10-minute check of a CUDA device, report into results/gpu/ (options: ARGS='...')"
 	@echo "make gpu-check-dry   the same check, tiny, on the CPU (--device cpu --dry-run), report in a temporary folder"
 	@echo "make reproduce   run every experiment of PROFILE into results/ (resumable;"
@@ -104,7 +105,7 @@ clean-book:
 # then the unit tests, the browser check of that build, and every notebook
 # executed again by nbval. Results go to a throw-away store: the committed
 # results/ stay as they are.
-test: setup browser
+test: setup browser lint
 	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	export BNREPRO_PROFILE=smoke BNREPRO_RESULTS=$$tmp/results MPLBACKEND=Agg; \
 	$(MAKE) --no-print-directory book PROFILE=smoke \
@@ -112,6 +113,10 @@ test: setup browser
 
 check-html: browser
 	$(PY) tests/browser_check.py $(HTML) --screenshots _build/screenshots
+
+# ruff, configured in pyproject.toml: the package and the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check bnrepro tests
 
 test-fast: setup
 	$(PY) -m pytest tests -p no:cacheprovider
