@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from bnrepro.distributed.launch import WorkerError, launch
+from bnrepro.measure.equivalence import bn_steps, reference_bn_steps
 from bnrepro.nn.ghost import GhostBatchNorm, convert_ghost_batchnorm, ghost_chunks
-from bnrepro.distributed.launch import WorkerError, bn_steps, launch, reference_bn_steps
 from bnrepro.nn.sync_bn import SyncBatchNorm, convert_sync_batchnorm
 
 TOL = dict(rtol=1e-9, atol=1e-10)  # float64 throughout

@@ -34,14 +34,14 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
-from . import report as gpu_report
 from ..core.config import ConfigError
-from ..data.datasets import DATASETS, DataNotFoundError, cache_dir, load_dataset
 from ..core.device import cpu_threads, describe_device, get_device
-from ..experiments import list_experiments
-from .slices import CPU_ONLY, TRAIN_SIZES, run_slice
 from ..core.provenance import REPO_ROOT, git_revision
+from ..core.version import __version__
+from ..data.datasets import DATASETS, DataNotFoundError, cache_dir, load_dataset
+from ..experiments import list_experiments
+from . import report as gpu_report
+from .slices import CPU_ONLY, TRAIN_SIZES, run_slice
 from .timebox import BoxClosed, hard_limit, hard_limit_available
 
 #: The whole check's wall-clock box (seconds): one short loan of a GPU.
