@@ -3,7 +3,8 @@
 Two experiments, each launched over real processes (gloo on the CPU) with
 :func:`bnrepro.distributed.launch.launch`:
 
-* ``bn_equivalence`` -- a few SGD steps of a tiny float64 BN network under DDP:
+* ``bn_equivalence`` -- a few SGD steps of a tiny float64 BN network under DDP
+  (the bench of :mod:`bnrepro.measure.equivalence`):
   per-device BN against one process with ghost BN (one ghost batch per
   rank), synchronized BN against one process with full-batch BN; the largest
   differences of outputs, gradients and running statistics.

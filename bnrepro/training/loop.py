@@ -8,7 +8,9 @@ divergence as a result: a NaN/inf loss stops the run and sets
 ``history.diverged`` instead of raising. Chapters extend it through
 ``callbacks`` (called after every step) rather than copying it; code that
 wraps a whole experiment, whose own callbacks it cannot reach, adds its own
-with :func:`observe`.
+with :func:`observe`. A data-parallel run plugs in the same way, through a
+:class:`bnrepro.training.hooks.DataParallelHook`: the loop itself knows
+nothing of processes or experiments.
 """
 
 from __future__ import annotations
