@@ -1,3 +1,5 @@
 """bnrepro: the package behind the executable book on batch normalization."""
 
-__version__ = "0.1.0"
+from .core.version import __version__
+
+__all__ = ["__version__"]

@@ -22,10 +22,23 @@ import itertools
 import signal
 import sys
 
+import torch
+
 from .core.config import PROFILES, ConfigError, current_profile
-from .distributed.launch import BN_MODES, WorkerError
-from .core.store import ResultsFolderError
-from .runner.sweep import EXECUTORS, Terminated
+from .core.data_parallel import BN_MODES, DataParallel
+from .core.device import describe_device, get_device
+from .core.provenance import git_revision
+from .core.store import ResultsFolderError, results_dir
+from .core.version import __version__
+from .data.datasets import DataNotFoundError, cache_dir, data_dir, load_dataset
+from .distributed.launch import WorkerError, torchrun_world
+from .distributed.parallel import plan
+from .experiments import get_experiment, list_experiments
+from .gpu.check import ok, run_check
+from .measure.speed import loop_benchmark
+from .nn.batchnorm import bn_speed
+from .runner.parallel import require_data_parallel, run_torchrun
+from .runner.sweep import EXECUTORS, Terminated, run_sweep
 
 
 def _parse_value(field: dataclasses.Field, text: str):
@@ -66,8 +79,6 @@ def _overrides(config_cls, pairs: list[str]) -> dict:
 
 
 def cmd_list(args) -> int:
-    from .experiments import list_experiments
-
     for exp in list_experiments():
         sizes = ", ".join(f"{p}: {len(exp.sweep(p))} run(s)" for p in PROFILES)
         parallel = "; runs data-parallel (--nproc)" if exp.data_parallel else ""
@@ -125,12 +136,6 @@ def _submitit_params(pairs: list[str]) -> dict:
 
 
 def cmd_run(args) -> int:
-    from .core.device import get_device
-    from .experiments import get_experiment
-    from .distributed.parallel import DataParallel, plan, require_data_parallel, run_torchrun, torchrun_world
-    from .core.store import results_dir
-    from .runner.sweep import run_sweep
-
     exp = get_experiment(args.experiment)
     configs = _configs(exp, args)
     if torchrun_world() is not None:  # one of torchrun's processes: join them, run the configs in turn
@@ -160,8 +165,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data.datasets import load_dataset
-
     data = load_dataset(args.name, device="cpu", download=True if args.fetch else None)
     print(f"{data.name}: {len(data.x_train)} train / {len(data.x_test)} test images "
           f"{tuple(data.x_train.shape[1:])}, {data.num_classes} classes, from {data.source}")
@@ -169,11 +172,6 @@ def cmd_data(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .measure.speed import loop_benchmark
-
-    from .core.device import get_device
-    from .nn.batchnorm import bn_speed
-
     loop_benchmark(batch_size=args.batch_size, steps=args.steps, device=args.device)
     device = str(get_device(args.device))
     for fused, what in ((False, "eager (default)"), (True, "fused (use_fused_kernels)")):
@@ -189,21 +187,11 @@ def cmd_bench(args) -> int:
 
 
 def cmd_gpu_check(args) -> int:
-    from .gpu.check import ok, run_check
-
     report, _ = run_check(args.device, dry_run=args.dry_run, out_dir=args.out)
     return 0 if ok(report) else 1
 
 
 def cmd_info(args) -> int:
-    import torch
-
-    from . import __version__
-    from .data.datasets import cache_dir, data_dir
-    from .core.device import describe_device, get_device
-    from .core.provenance import git_revision
-    from .core.store import results_dir
-
     print(f"bnrepro {__version__} (git {git_revision()}), torch {torch.__version__}")
     print(f"device:  {describe_device(get_device(args.device))}")
     print(f"profile: {current_profile()}")
@@ -270,7 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .data.datasets import DataNotFoundError
 
     try:
         return args.func(args)

@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch import nn
 
+from bnrepro.distributed.launch import WorkerError, launch
+from bnrepro.measure.equivalence import bn_steps, reference_bn_steps
 from bnrepro.nn.ghost import GhostBatchNorm, convert_ghost_batchnorm, ghost_chunks
-from bnrepro.distributed.launch import WorkerError, bn_steps, launch, reference_bn_steps
-from bnrepro.nn.sync_bn import SyncBatchNorm, convert_sync_batchnorm
+from bnrepro.nn.sync_bn import Communication, SyncBatchNorm, convert_sync_batchnorm
 
 TOL = dict(rtol=1e-9, atol=1e-10)  # float64 throughout
 
@@ -148,6 +149,50 @@ def test_sync_bn_over_two_ranks_is_full_batch_bn_with_unequal_shards():
     for s in range(steps):
         for r, rows in enumerate((slice(0, 5), slice(5, 8))):
             _compare(ranks[r][s], ref[s], 2.0, rows)
+
+
+class _Counting(Communication):
+    """Counts the all-reduces it carries, and carries them."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def all_reduce(self, tensor, group=None):
+        self.calls += 1
+        super().all_reduce(tensor, group)
+
+
+class _Silent(Communication):
+    """Carries nothing: each rank keeps its own sums."""
+
+    def all_reduce(self, tensor, group=None):
+        return None
+
+
+def _comm_rank(rank, world, x):
+    rows = slice(4 * rank, 4 * rank + 4)
+    out = {}
+    for name, comm in (("counting", _Counting()), ("silent", _Silent())):
+        torch.manual_seed(0)
+        model = convert_sync_batchnorm(nn.Sequential(nn.BatchNorm2d(2)).double(), comm=comm)
+        xr = x[rows].clone().requires_grad_()
+        y = model(xr)
+        y.square().sum().backward()
+        out[name] = (y.detach(), getattr(comm, "calls", None))
+    return out
+
+
+def test_sync_bn_communicates_through_the_layers_communication_object():
+    """The hook the cost experiment uses to switch synchronization off: every all-reduce of the
+    layer (one forward, one backward) goes through its ``comm``, and none through torch directly."""
+    x, _ = _batch(8)
+    ranks = launch(_comm_rank, 2, (x,))
+    full, local = nn.BatchNorm2d(2).double(), nn.BatchNorm2d(2).double()
+    for r, rows in enumerate((slice(0, 4), slice(4, 8))):
+        y, calls = ranks[r]["counting"]
+        assert calls == 2
+        torch.testing.assert_close(y, full(x)[rows], **TOL)  # global statistics
+        torch.testing.assert_close(ranks[r]["silent"][0], local(x[rows]), **TOL)  # this rank's own
 
 
 def _die_or_wait(rank, world):

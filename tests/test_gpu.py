@@ -2,10 +2,9 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from bnrepro.data.datasets import Batches
 from bnrepro.core.device import get_device
+from bnrepro.data.datasets import Batches
 from bnrepro.models import LeNet
 from bnrepro.training.loop import train
 
@@ -95,9 +94,8 @@ def test_package_sync_bn_equals_torch_sync_batchnorm_on_cuda():
 
 
 def _train_rank(rank, world, spec, devices, backend):
-    from test_train import toy_data
-
     from bnrepro.distributed.parallel import session
+    from test_train import toy_data
 
     with session(spec, rank, world, devices[rank], backend):
         torch.manual_seed(0)
@@ -107,10 +105,9 @@ def _train_rank(rank, world, spec, devices, backend):
 
 
 def test_data_parallel_sync_bn_on_cuda_trains_like_one_process():
-    from test_train import toy_data
-
+    from bnrepro.core.data_parallel import DataParallel
     from bnrepro.distributed.launch import launch
-    from bnrepro.distributed.parallel import DataParallel
+    from test_train import toy_data
 
     backend, devices = _backend_and_devices()
     torch.manual_seed(0)

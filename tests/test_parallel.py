@@ -1,4 +1,5 @@
-"""Data-parallel runs of an experiment (bnrepro.distributed.parallel): N processes through the one training loop.
+"""Data-parallel runs of an experiment (bnrepro.runner.parallel, bnrepro.distributed.parallel): N processes
+through the one training loop.
 
 Independent truths: synchronized BN over 2 gloo processes must train exactly
 like one process on the full batch; per-device BN over 2 processes must see
@@ -13,9 +14,11 @@ import pytest
 import torch
 
 from bnrepro.core.config import ConfigError
+from bnrepro.core.data_parallel import DataParallel
+from bnrepro.core.store import load, path_for
+from bnrepro.distributed.parallel import Session, session
 from bnrepro.experiments import get_experiment
-from bnrepro.distributed.parallel import DataParallel, Session, run_parallel, session
-from bnrepro.core.store import load, load_or_run, path_for
+from bnrepro.runner import load_or_run, run_parallel
 from conftest import needs_fashion_mnist
 
 

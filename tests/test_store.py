@@ -6,8 +6,9 @@ import warnings
 import pytest
 
 from bnrepro.core import store
+from bnrepro.core.store import Result, load, path_for, read, save
 from bnrepro.experiments.lenet import LeNetConfig
-from bnrepro.core.store import Result, load, load_or_run, path_for, read, save
+from bnrepro.runner import load_or_run
 
 CFG = LeNetConfig.for_profile("smoke")
 
@@ -135,8 +136,8 @@ def _committed_results():
 
 @pytest.mark.parametrize("path", _committed_results(), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_committed_result_passes_the_schema_and_loads_without_warnings(path):
+    from bnrepro.core.data_parallel import DataParallel
     from bnrepro.experiments import get_experiment
-    from bnrepro.distributed.parallel import DataParallel
 
     blob = json.loads(path.read_text())
     cfg = get_experiment(path.parent.name).config(**blob["config"])

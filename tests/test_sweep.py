@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bnrepro.cli import main
-from bnrepro.experiments import get_experiment
 from bnrepro.core.store import path_for, read
+from bnrepro.experiments import get_experiment
 from bnrepro.runner.sweep import run_sweep
 from conftest import REPO, needs_fashion_mnist
 
@@ -83,6 +83,7 @@ def test_submitit_local_executor_runs_and_resumes_a_sweep(tmp_results, capsys):
 
 def test_one_failing_run_does_not_stop_the_sweep(tmp_results, monkeypatch):
     import bnrepro.core.store as store
+    import bnrepro.runner.sweep as sweep
 
     configs = _lenet_configs([0, 1, 2])
 
@@ -91,7 +92,7 @@ def test_one_failing_run_does_not_stop_the_sweep(tmp_results, monkeypatch):
             raise RuntimeError("out of memory")
         store.save(store.Result(cfg.experiment, cfg.to_dict(), {"ok": 1}, {}), cfg)
 
-    monkeypatch.setattr(store, "load_or_run", fake)
+    monkeypatch.setattr(sweep, "load_or_run", fake)
     report = run_sweep(configs, log=lambda *a, **k: None)
     assert (report.ran, len(report.failed)) == (2, 1)
     assert "out of memory" in next(iter(report.failed.values()))
@@ -259,6 +260,7 @@ def test_workers_of_a_sweep_killed_with_sigkill_end_too(tmp_results):
 
 def test_sigterm_stops_an_in_process_sweep_and_restores_the_handler(tmp_results, monkeypatch):
     import bnrepro.core.store as store
+    import bnrepro.runner.sweep as sweep
     from bnrepro.runner.sweep import Terminated
 
     configs = _lenet_configs([0, 1, 2])
@@ -270,7 +272,7 @@ def test_sigterm_stops_an_in_process_sweep_and_restores_the_handler(tmp_results,
             os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` does, mid-run
         store.save(store.Result(cfg.experiment, cfg.to_dict(), {"ok": 1}, {}), cfg)
 
-    monkeypatch.setattr(store, "load_or_run", fake)
+    monkeypatch.setattr(sweep, "load_or_run", fake)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Terminated):
         run_sweep(configs, log=lambda *a, **k: None)

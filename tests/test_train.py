@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from bnrepro.data.datasets import TensorData
 from bnrepro.models import LeNet
@@ -101,3 +100,38 @@ def test_history_serialises():
     d = hist.to_dict()
     assert set(d) >= {"epochs", "steps", "diverged", "images_per_s"}
     assert History(**d).final("train_acc") == hist.final("train_acc")
+
+
+class _HalfHook:
+    """A stand-in data-parallel hook in one process: no launcher, no store, no experiment."""
+
+    world_size, per_device_bn = 2, False
+
+    def __init__(self):
+        self.forwards = 0
+
+    def prepare(self, model):
+        def forward(x):
+            self.forwards += 1
+            return model(x)
+        return model, forward
+
+    def shard(self, n):
+        return slice(0, (n + 1) // 2)
+
+    def all_sum(self, *values):
+        return list(values)
+
+
+def test_the_loop_trains_through_an_installed_data_parallel_hook():
+    """training/ defines the protocol; whoever spreads a run (distributed/) installs it."""
+    from bnrepro.training.hooks import active_hook, data_parallel
+
+    hook, seen = _HalfHook(), []
+    torch.manual_seed(0)
+    with data_parallel(hook):
+        assert active_hook() is hook
+        hist = train(LeNet(num_classes=2), toy_data(), epochs=1, batch_size=32, lr=0.1, device="cpu",
+                     callbacks=[lambda s: seen.append(len(s.targets))])
+    assert active_hook() is None
+    assert hook.forwards == hist.total_steps == 6 and set(seen) == {16}  # this "rank" trains on its half

@@ -18,7 +18,8 @@ from typing import Sequence
 import torch
 
 from ..core.claims import Claim, at_least, at_most
-from ..core.store import Result, load_or_run
+from ..core.store import Result
+from ..runner import load_or_run
 
 #: How the chapter names the two arms of Figure 1.
 ARM = {"bn": "BN", "none": "no BN"}

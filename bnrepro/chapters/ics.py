@@ -36,7 +36,7 @@ def noise_level(cfg: dict) -> float:
 def load_all(profile: str, device=None, verbose: bool = True) -> dict:
     """Every result the chapter reads, by experiment name (loaded from the store, or run)."""
     from ..experiments import get_experiment
-    from ..core.store import load_or_run
+    from ..runner import load_or_run
 
     return {name: [load_or_run(c, device=device, verbose=verbose) for c in get_experiment(name).sweep(profile)]
             for name in ("noisy_bn", "ics_dln", "decoupling", "ghost_bn")}

@@ -20,7 +20,8 @@ import numpy as np
 
 from ..core.claims import Claim, at_least, at_most, within
 from ..measure.path_depth import share_within
-from ..core.store import Result, load_or_run
+from ..core.store import Result
+from ..runner import load_or_run
 
 #: Test accuracy of a 10-class guess; a diverged run counts as this.
 CHANCE = 0.1

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .device import describe_device
+from .version import __version__
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # bnrepro/
 REPO_ROOT = PACKAGE_DIR.parent
@@ -26,8 +27,8 @@ def git_revision() -> str:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=60, check=True).stdout.strip()
         # --no-optional-locks: a status that is timed out and killed must not leave .git/index.lock behind
-        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no", "--", "bnrepro"],
-                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=60).stdout.strip()
+        dirty = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no", "--",
+                                "bnrepro"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -35,8 +36,6 @@ def git_revision() -> str:
 
 def provenance(device: torch.device | str, wall_time_s: float, seeds: dict) -> dict:
     """The provenance block stored with every result."""
-    from .device import describe_device
-
     return {
         "bnrepro_version": __version__,
         "git_revision": git_revision(),

@@ -5,8 +5,10 @@ written atomically (temporary file in the same folder, then ``os.replace``),
 and carries ``"complete": true`` and its own config hash; a file that does
 not parse, lacks either, was made from another config, or does not have the
 shape of a result (:func:`check_schema`) is reported and recomputed, never
-loaded. A run whose complete file exists is not run again (open_lth's
-completion-marker habit).
+loaded. This module only stores and reads: the runner
+(:func:`bnrepro.runner.run.load_or_run`) runs what is missing, and does not
+run again a config whose complete file exists (open_lth's completion-marker
+habit).
 
 Before anything is run, the folder it will be stored in is checked to be
 writable (:func:`prepare_folder`), so a read-only or misplaced results folder
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ExperimentConfig, config_hash
-from .device import cpu_threads, run_threads
+from .data_parallel import DataParallel
 from .provenance import REPO_ROOT
 
 RESULTS_ENV = "BNREPRO_RESULTS"
@@ -63,7 +65,7 @@ class Result:
     provenance: dict[str, Any]
     config_hash: str = ""
     loaded: bool = False
-    parallel: dict[str, Any] | None = None  # bnrepro.distributed.parallel.DataParallel of the run (None: one process)
+    parallel: dict[str, Any] | None = None  # bnrepro.core.data_parallel.DataParallel of the run (None: one process)
 
     def __getitem__(self, key):
         return self.data[key]
@@ -150,15 +152,13 @@ def check_schema(blob: dict, cfg: ExperimentConfig | None = None) -> None:
             raise CorruptResult(f"'data' lacks {', '.join(map(repr, missing))}")
 
 
-def _spec(parallel):
-    from ..distributed.parallel import DataParallel
-
+def _spec(parallel: DataParallel | None) -> DataParallel:
     return (parallel or DataParallel()).canonical()
 
 
 def result_key(cfg: ExperimentConfig, parallel=None) -> str:
     """``<experiment>/<config hash><tag>``: the tag names a data-parallel run (e.g. ``-np2-sync``,
-    see :class:`bnrepro.distributed.parallel.DataParallel`), empty for one process."""
+    see :class:`bnrepro.core.data_parallel.DataParallel`), empty for one process."""
     return f"{cfg.experiment}/{config_hash(cfg)}{_spec(parallel).tag()}"
 
 
@@ -253,39 +253,3 @@ def load(cfg: ExperimentConfig, root: Path | None = None, verbose: bool = False,
         else:
             warnings.warn(msg, RuntimeWarning, stacklevel=2)
         return None
-
-
-def load_or_run(cfg: ExperimentConfig, *, force: bool = False, device=None,
-                root: Path | None = None, verbose: bool = True, parallel=None) -> Result:
-    """The stored result of ``cfg`` if there is a sound one, else run it and store it.
-
-    ``parallel`` (a :class:`bnrepro.distributed.parallel.DataParallel`) runs it over several
-    processes and/or with another BN mode; its result is stored apart.
-    Prints which of the two happened, so a reader always knows.
-    """
-    from ..distributed.parallel import run_parallel
-
-    spec = _spec(parallel)
-    if not force:
-        found = load(cfg, root, verbose=verbose, parallel=spec)
-        if found is not None:
-            if verbose:
-                wall = found.provenance.get("wall_time_s")
-                took = f"{wall:.0f} s" if isinstance(wall, (int, float)) else "time unknown"
-                print(f"found stored result, loading: {result_key(cfg, spec)} "
-                      f"(run on {found.provenance.get('device', '?')}, {took})")
-            return found
-    target = path_for(cfg, root, spec)
-    prepare_folder(target.parent)  # before the run, not after: a refused save would waste it
-    if verbose:
-        why = "recomputing (force)" if force else "no stored result: running"
-        where = "" if spec.is_default else f" over {spec.nproc} process(es), BN mode {spec.bn_mode}"
-        print(f"{why} {result_key(cfg, spec)}{where} ...", flush=True)
-    start = time.perf_counter()
-    with cpu_threads("cpu", run_threads()):  # one pinned count for every stored run: see run_threads
-        result = run_parallel(cfg, spec, device=device)
-    result.config_hash = config_hash(cfg)
-    path = save_or_rescue(result, cfg, root, spec)
-    if verbose:
-        print(f"done in {time.perf_counter() - start:.1f} s; stored as {path.parent.name}/{path.name}")
-    return result

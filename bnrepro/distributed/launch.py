@@ -6,12 +6,13 @@ group (gloo on CPU, NCCL when asked) on 127.0.0.1 with a free port and a
 timeout, collects every rank's return value, and raises :class:`WorkerError`
 as soon as one rank fails or dies, or when the deadline passes -- it never
 hangs on a dead peer, and it always ends the processes it started.
+:func:`torchrun_world` says whether this process is one of ``torchrun``'s
+(several machines).
 
-:func:`bn_steps` / :func:`reference_bn_steps` are the two sides of the
-equivalence checks of the chapter "Batch statistics across devices" and of
-``tests/test_distributed_bn.py``: a few SGD steps of a tiny float64 BN
-network under DDP (per-device or synchronized BN) and in one process (ghost
-BN or plain full-batch BN).
+This module only starts processes: what runs in them is the caller's (the
+data-parallel session, :mod:`bnrepro.distributed.parallel`; the runner,
+:mod:`bnrepro.runner.parallel`; the equivalence bench,
+:mod:`bnrepro.measure.equivalence`).
 """
 
 from __future__ import annotations
@@ -29,12 +30,8 @@ import traceback
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
 
-__all__ = ["WorkerError", "free_port", "launch", "BN_MODES", "apply_bn_mode", "tiny_bn_net",
-           "bn_steps", "reference_bn_steps"]
-
-BN_MODES = ("local", "sync", "ghost")
+__all__ = ["WorkerError", "free_port", "launch", "torchrun_world"]
 
 
 class WorkerError(RuntimeError):
@@ -131,89 +128,12 @@ def launch(fn, nproc: int = 2, args: tuple = (), *, timeout: float | None = 600.
     return [torch.load(io.BytesIO(got[r]), weights_only=False) for r in range(nproc)]
 
 
-# --------------------------------------------------------------------------- BN modes for data parallelism
-def apply_bn_mode(model: nn.Module, mode: str, ghost_batch_size: int = 32) -> nn.Module:
-    """``"local"``: leave BN as it is (per-device statistics under DDP); ``"sync"``: synchronized
-    BN (:func:`bnrepro.nn.sync_bn.convert_sync_batchnorm`); ``"ghost"``: ghost BN of
-    ``ghost_batch_size`` within each device. Returns the (converted) model."""
-    from ..nn.ghost import convert_ghost_batchnorm
-    from ..nn.sync_bn import convert_sync_batchnorm
-
-    if mode not in BN_MODES:
-        raise ValueError(f"BN mode {mode!r} is not one of {', '.join(BN_MODES)}")
-    if mode == "sync":
-        return convert_sync_batchnorm(model)
-    if mode == "ghost":
-        return convert_ghost_batchnorm(model, ghost_batch_size)
-    return model
-
-
-def tiny_bn_net(seed: int = 0, dtype=torch.float64) -> nn.Sequential:
-    """Conv -> BN2d -> ReLU -> Linear -> BN1d -> ReLU -> Linear on (N, 2, 4, 4) inputs, 3 classes."""
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(64, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).to(dtype)
-
-
-def _record(model, out, x, steps):
-    bns = [m for m in model.modules() if hasattr(m, "running_mean") and m.running_mean is not None]
-    steps.append({"out": out.detach().clone(), "x_grad": x.grad.detach().clone(),
-                  "grads": [p.grad.detach().clone() for p in model.parameters()],
-                  "running": [(m.running_mean.clone(), m.running_var.clone()) for m in bns]})
-
-
-def bn_steps(rank: int, world: int, x: torch.Tensor, y: torch.Tensor, mode: str, sizes: list[int],
-             steps: int = 3, lr: float = 0.1, seed: int = 0) -> list[dict]:
-    """SGD on :func:`tiny_bn_net` under DDP; rank ``r`` trains on its slice of ``sizes`` of (x, y).
-
-    The loss of rank ``r`` is ``world * sum(its per-sample losses) / len(x)``, so that DDP's
-    average of the parameter gradients is the gradient of the full-batch mean loss even for
-    unequal slices. Returns, per step, this rank's output, input gradient (that of the sum of
-    all ranks' losses), the DDP-averaged parameter gradients and the running statistics
-    (recorded after the step's forward and backward, before the optimizer step).
-    """
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    model = apply_bn_mode(tiny_bn_net(seed, x.dtype), mode)
-    ddp = DDP(model)
-    opt = torch.optim.SGD(ddp.parameters(), lr=lr)
-    start = sum(sizes[:rank])
-    xs, ys = x[start:start + sizes[rank]], y[start:start + sizes[rank]]
-    records: list[dict] = []
-    for _ in range(steps):
-        xr = xs.clone().requires_grad_()
-        out = ddp(xr)
-        loss = nn.functional.cross_entropy(out, ys, reduction="sum") * (world / len(x))
-        opt.zero_grad()
-        loss.backward()
-        _record(model, out, xr, records)
-        opt.step()
-    return records
-
-
-def reference_bn_steps(x: torch.Tensor, y: torch.Tensor, mode: str, ghost_batch_size: int | None = None,
-                       steps: int = 3, lr: float = 0.1, seed: int = 0) -> list[dict]:
-    """The one-process counterpart of :func:`bn_steps` on the full batch with mean loss.
-
-    ``mode="full"``: plain BN over the whole batch (what synchronized BN should equal);
-    ``mode="ghost"``: ghost BN of ``ghost_batch_size`` whose running statistics follow the
-    first ghost batch (``stats_update="first"``: what DDP keeps from rank 0).
-    """
-    from ..nn.ghost import convert_ghost_batchnorm
-
-    model = tiny_bn_net(seed, x.dtype)
-    if mode == "ghost":
-        model = convert_ghost_batchnorm(model, ghost_batch_size, stats_update="first")
-    elif mode != "full":
-        raise ValueError(f"mode={mode!r}: use 'full' or 'ghost'")
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    records: list[dict] = []
-    for _ in range(steps):
-        xr = x.clone().requires_grad_()
-        out = model(xr)
-        loss = nn.functional.cross_entropy(out, y)
-        opt.zero_grad()
-        loss.backward()
-        _record(model, out, xr, records)
-        opt.step()
-    return records
+def torchrun_world() -> tuple[int, int, int] | None:
+    """``(rank, world_size, local_rank)`` when this process is one of several started by
+    ``torchrun`` (its ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` variables), else None."""
+    try:
+        world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+    except (KeyError, ValueError):
+        return None
+    return (rank, world, local) if world > 1 else None

@@ -33,7 +33,8 @@ from ..core.device import get_device
 from ..models import INITS
 from ..core.provenance import provenance
 from ..scorecard import register_chapter
-from ..core.store import Result, load_or_run
+from ..core.store import Result
+from ..runner import load_or_run
 from ..training.loop import evaluate, train
 from . import register
 from .lenet import build_lenet

@@ -39,7 +39,8 @@ from ..models import count_parameters
 from ..models.cifar import VGG_PLANS, cifar_resnet, resnet_blocks_per_stage, vgg_bn
 from ..core.provenance import provenance
 from ..scorecard import register_chapter
-from ..core.store import Result, load_or_run
+from ..core.store import Result
+from ..runner import load_or_run
 from ..training.loop import OPTIMIZERS, SCHEDULES, evaluate, train
 from . import register
 

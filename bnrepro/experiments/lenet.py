@@ -23,7 +23,8 @@ from ..models import INITS, NORMS, LeNet, count_parameters, init_weights
 from ..core.claims import Claim, at_least, between, within
 from ..core.provenance import provenance
 from ..scorecard import register_chapter
-from ..core.store import Result, load_or_run
+from ..core.store import Result
+from ..runner import load_or_run
 from ..training.loop import train
 from . import register
 

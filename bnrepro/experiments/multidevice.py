@@ -3,7 +3,8 @@
 Two experiments, each launched over real processes (gloo on the CPU) with
 :func:`bnrepro.distributed.launch.launch`:
 
-* ``bn_equivalence`` -- a few SGD steps of a tiny float64 BN network under DDP:
+* ``bn_equivalence`` -- a few SGD steps of a tiny float64 BN network under DDP
+  (the bench of :mod:`bnrepro.measure.equivalence`):
   per-device BN against one process with ghost BN (one ghost batch per
   rank), synchronized BN against one process with full-batch BN; the largest
   differences of outputs, gradients and running statistics.
@@ -23,14 +24,23 @@ import statistics
 import time
 
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..core.claims import Claim, at_least, at_most
 from ..core.config import ExperimentConfig, require
-from ..distributed.launch import bn_steps, launch, reference_bn_steps
-from ..distributed.parallel import DataParallel
+from ..core.data_parallel import DataParallel
 from ..core.provenance import provenance
+from ..core.store import Result
+from ..data.datasets import load_dataset
+from ..distributed.launch import launch
+from ..measure.equivalence import bn_steps, reference_bn_steps
+from ..models import LeNet, init_weights
+from ..nn.modes import apply_bn_mode
+from ..nn.sync_bn import Communication, convert_sync_batchnorm
+from ..runner import load_or_run
 from ..scorecard import register_chapter
-from ..core.store import Result, load_or_run
 from . import register
 
 
@@ -125,33 +135,25 @@ class SyncCostConfig(ExperimentConfig):
         require(self.steps >= 1 and self.warmup >= 0, "steps", self.steps, "need >= 1 timed step")
 
 
-class _NoComm:
-    """``torch.distributed`` with ``all_reduce`` switched off: synchronized BN's own compute
-    without its communication (wrong numbers, right cost), to split the extra time in two."""
+class _NoComm(Communication):
+    """Synchronized BN's all-reduces switched off: its own compute without its communication
+    (wrong numbers, right cost), to split the extra time in two."""
 
-    def __getattr__(self, name):
-        return getattr(torch.distributed, name)
-
-    @staticmethod
-    def all_reduce(tensor, group=None):
+    def all_reduce(self, tensor, group=None) -> None:
         return None
+
+    def all_reduce_differentiable(self, tensor, group=None):
+        return tensor
 
 
 def _time_worker(rank: int, world: int, x: torch.Tensor, y: torch.Tensor, cfg: dict) -> dict:
-    import torch.distributed as dist
-    import torch.nn.functional as F
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
-    from ..distributed.launch import apply_bn_mode
-    from ..models import LeNet, init_weights
-
     local_bs = cfg["batch_size"] // world
-    from ..nn import sync_bn
-
     models = {}
     for mode in MODES:
         torch.manual_seed(cfg["seed"])
-        net = apply_bn_mode(init_weights(LeNet(norm="bn"), "xavier"), mode.split("_")[0])
+        net = init_weights(LeNet(norm="bn"), "xavier")
+        # The no-communication arm is synchronized BN whose layers talk through _NoComm.
+        net = convert_sync_batchnorm(net, comm=_NoComm()) if mode == "sync_nocomm" else apply_bn_mode(net, mode)
         ddp = DDP(net)
         models[mode] = (ddp, torch.optim.SGD(ddp.parameters(), lr=0.1))
     times = {m: [] for m in MODES}
@@ -162,7 +164,6 @@ def _time_worker(rank: int, world: int, x: torch.Tensor, y: torch.Tensor, cfg: d
         order = MODES if i % 2 == 0 else MODES[::-1]  # drift hits every arm alike
         for mode in order:
             ddp, opt = models[mode]
-            sync_bn.dist = _NoComm() if mode == "sync_nocomm" else torch.distributed
             dist.barrier()
             t0 = time.perf_counter()
             loss = F.cross_entropy(ddp(xb), yb)
@@ -171,7 +172,6 @@ def _time_worker(rank: int, world: int, x: torch.Tensor, y: torch.Tensor, cfg: d
             opt.step()
             if i >= cfg["warmup"]:
                 times[mode].append(time.perf_counter() - t0)
-    sync_bn.dist = torch.distributed
     n_bn = sum(1 for m in models["sync"][0].modules() if type(m).__name__ == "SyncBatchNorm")
     widths = [m.num_features for m in models["sync"][0].modules() if type(m).__name__ == "SyncBatchNorm"]
     lat = []
@@ -190,8 +190,6 @@ def _paired(times: dict, a: str, b: str) -> float:
 
 def run_sync_cost(cfg: SyncCostConfig, device=None) -> Result:
     """Per-step time of DDP BN-LeNet with per-device vs synchronized BN (gloo processes on this CPU)."""
-    from ..data.datasets import load_dataset
-
     start = time.perf_counter()
     data = load_dataset("fashion-mnist", device="cpu", n_train=cfg.batch_size * cfg.n_batches, n_test=1)
     ranks = launch(_time_worker, cfg.nproc, (data.x_train, data.y_train, cfg.to_dict()), timeout=600)

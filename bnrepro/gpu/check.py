@@ -34,14 +34,16 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
-from . import report as gpu_report
 from ..core.config import ConfigError
-from ..data.datasets import DATASETS, DataNotFoundError, cache_dir, load_dataset
 from ..core.device import cpu_threads, describe_device, get_device
-from ..experiments import list_experiments
-from .slices import CPU_ONLY, TRAIN_SIZES, run_slice
 from ..core.provenance import REPO_ROOT, git_revision
+from ..core.version import __version__
+from ..data.datasets import DATASETS, DataNotFoundError, cache_dir, load_dataset
+from ..experiments import list_experiments
+from ..measure.speed import loop_benchmark
+from ..nn.batchnorm import bn_speed
+from . import report as gpu_report
+from .slices import CPU_ONLY, TRAIN_SIZES, run_slice
 from .timebox import BoxClosed, hard_limit, hard_limit_available
 
 #: The whole check's wall-clock box (seconds): one short loan of a GPU.
@@ -154,9 +156,6 @@ def run_gpu_tests(budget_s: float) -> dict:
 
 # --------------------------------------------------------------------------- 2. the bench
 def run_bench(device: torch.device, budget_s: float, dry_run: bool) -> dict:
-    from ..measure.speed import loop_benchmark
-    from ..nn.batchnorm import bn_speed
-
     loop_args = (dict(batch_size=32, steps=3, warmup=1, workers=(0,)) if dry_run
                  else dict(batch_size=256, steps=100, warmup=10, workers=(0, 2)))
     bn_args = dict(shape=(8, 4, 8, 8), repeats=3, warmup=1) if dry_run else {}

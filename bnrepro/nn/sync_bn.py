@@ -15,6 +15,13 @@ batch instead, at the price of communication:
 ``gamma``/``beta`` gradients stay local sums, which DDP then averages like
 any other parameter gradient: the same convention as ``nn.SyncBatchNorm``
 (which runs on CUDA only; this one runs wherever ``torch.distributed`` does).
+
+Every all-reduce goes through the layer's :class:`Communication` (``comm``),
+``torch.distributed``'s by default. Passing another one is how a measurement
+changes the communication without touching this module: the chapter's cost
+experiment (:mod:`bnrepro.experiments.multidevice`) switches the all-reduces
+off to split the extra time of synchronized BN into its compute and its
+communication.
 """
 
 from __future__ import annotations
@@ -26,9 +33,18 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn  # all_reduce with a backward pass
 from torch import Tensor, nn
 
-from .batchnorm import (_LOW_PRECISION, BatchNorm, _channel_shape, _convert, _reduce_dims, is_plain_batchnorm, rebuild_batchnorm)
+from .batchnorm import (
+    _LOW_PRECISION,
+    BatchNorm,
+    _channel_shape,
+    _convert,
+    _reduce_dims,
+    is_plain_batchnorm,
+    rebuild_batchnorm,
+)
 
-__all__ = ["SyncBatchNormFunction", "SyncBatchNorm", "convert_sync_batchnorm", "distributed_world_size"]
+__all__ = ["Communication", "TORCH_DISTRIBUTED", "SyncBatchNormFunction", "SyncBatchNorm", "convert_sync_batchnorm",
+           "distributed_world_size"]
 
 
 def distributed_world_size(group=None) -> int:
@@ -38,10 +54,31 @@ def distributed_world_size(group=None) -> int:
     return dist.get_world_size(group)
 
 
+class Communication:
+    """How synchronized BN exchanges its per-channel sums: ``torch.distributed``'s all-reduce.
+
+    Subclass it to change the communication of one layer (``SyncBatchNorm(..., comm=...)``,
+    ``convert_sync_batchnorm(model, comm=...)``), e.g. to count or switch off the all-reduces.
+    """
+
+    def all_reduce(self, tensor: Tensor, group=None) -> None:
+        """Sum ``tensor`` over the processes of ``group``, in place."""
+        dist.all_reduce(tensor, group=group)
+
+    def all_reduce_differentiable(self, tensor: Tensor, group=None) -> Tensor:
+        """The sum of ``tensor`` over the processes of ``group``, with a backward pass (second derivatives)."""
+        return dist_nn.all_reduce(tensor, group=group)
+
+
+#: The default communication: ``torch.distributed`` itself.
+TORCH_DISTRIBUTED = Communication()
+
+
 class SyncBatchNormFunction(torch.autograd.Function):
     """Training-mode BN with global batch statistics across the processes of ``group``.
 
-    ``apply(x, weight, bias, eps, group) -> (y, mean, var, count, x_hat, inv_std)``:
+    ``apply(x, weight, bias, eps, group, comm) -> (y, mean, var, count, x_hat, inv_std)``
+    (``comm``: the :class:`Communication` that sums over the processes):
     ``mean`` and the biased ``var`` are the global ones (shape ``(C,)``), ``count`` the
     global number of values per channel (a 0-d tensor); none is differentiable.
     ``x_hat`` and ``inv_std`` are returned, as in :class:`bnrepro.nn.batchnorm.BatchNormFunction`,
@@ -50,14 +87,14 @@ class SyncBatchNormFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, group):
+    def forward(ctx, x, weight, bias, eps, group, comm):
         dims, shape, C = _reduce_dims(x), _channel_shape(x), x.shape[1]
         xf = x.float() if x.dtype in _LOW_PRECISION else x  # float16 squares overflow past 256
         # Sums accumulate in float64: var = E[x^2] - mean^2 cancels badly in float32
         # when |mean| >> std. Packed into one tensor: one all-reduce, not three.
         stats = torch.cat([xf.sum(dims, dtype=torch.float64), xf.square().sum(dims, dtype=torch.float64),
                            torch.full((1,), x.numel() // C, dtype=torch.float64, device=x.device)])
-        dist.all_reduce(stats, group=group)
+        comm.all_reduce(stats, group=group)
         count = stats[-1].clone()
         if count <= 1:
             raise ValueError(f"Expected more than 1 value per channel across all processes, got {int(count)}")
@@ -70,7 +107,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         y = y + bias.view(shape).to(xf.dtype) if bias is not None else y.clone()
         y = y.to(x.dtype)
         ctx.save_for_backward(x_hat, inv_std, weight)
-        ctx.group, ctx.count, ctx.x_dtype = group, float(count), x.dtype
+        ctx.group, ctx.comm, ctx.count, ctx.x_dtype = group, comm, float(count), x.dtype
         ctx.b_dtype = None if bias is None else bias.dtype
         ctx.mark_non_differentiable(mean, var, count)
         ctx.set_materialize_grads(False)
@@ -94,7 +131,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
             second = dx_hat is not None or dinv_std is not None
             if not second and not torch.is_grad_enabled():
                 sums = torch.cat([sum_dy, sum_dy_xhat])
-                dist.all_reduce(sums, group=ctx.group)
+                ctx.comm.all_reduce(sums, group=ctx.group)
                 g_dy, g_dy_xhat = sums[:C], sums[C:]
                 dx = dy * a.view(shape) - (k * g_dy).view(shape) - x_hat * (k * g_dy_xhat).view(shape)
             else:
@@ -105,8 +142,8 @@ class SyncBatchNormFunction(torch.autograd.Function):
                 h = torch.zeros_like(x_hat) if dx_hat is None else dx_hat
                 d = torch.zeros_like(inv_std) if dinv_std is None else dinv_std
                 local = torch.cat([sum_dy, sum_dy_xhat, h.sum(dims), (h * x_hat).sum(dims) + inv_std * d])
-                sums = (dist_nn.all_reduce(local, group=ctx.group) if torch.is_grad_enabled()
-                        else _all_reduced(local, ctx.group))
+                sums = (ctx.comm.all_reduce_differentiable(local, group=ctx.group) if torch.is_grad_enabled()
+                        else _all_reduced(local, ctx.group, ctx.comm))
                 g_dy, g_dy_xhat, g_h, g_hx = sums.split(C)
                 kh = inv_std / ctx.count
                 dx = (dy * a.view(shape) - (k * g_dy).view(shape) - x_hat * (k * g_dy_xhat).view(shape)
@@ -116,12 +153,12 @@ class SyncBatchNormFunction(torch.autograd.Function):
             dgamma = sum_dy_xhat.to(weight.dtype)  # local: DDP averages it over ranks
         if need_b:
             dbeta = sum_dy.to(ctx.b_dtype)
-        return dx, dgamma, dbeta, None, None
+        return dx, dgamma, dbeta, None, None, None
 
 
-def _all_reduced(t: Tensor, group) -> Tensor:
+def _all_reduced(t: Tensor, group, comm: Communication) -> Tensor:
     t = t.clone()
-    dist.all_reduce(t, group=group)
+    comm.all_reduce(t, group=group)
     return t
 
 
@@ -137,14 +174,16 @@ class SyncBatchNorm(BatchNorm):
     and updates the running statistics with them (unbiased variance over the
     global count), identically on every rank. In eval mode it is plain BN with the
     running statistics. Without an initialised process group (or with one
-    process) it falls back to local BN and says so once.
+    process) it falls back to local BN and says so once. ``comm`` carries its all-reduces
+    (:class:`Communication`; default ``torch.distributed``).
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, process_group=None,
-                 device=None, dtype=None, *, bias: bool = True):
+                 device=None, dtype=None, *, bias: bool = True, comm: Communication | None = None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
         self.process_group = process_group
+        self.comm = TORCH_DISTRIBUTED if comm is None else comm
 
     def forward(self, input: Tensor) -> Tensor:
         use_batch_stats = self.training or not self.track_running_stats
@@ -155,7 +194,7 @@ class SyncBatchNorm(BatchNorm):
             return super().forward(input)
         self._check_input(input)
         y, mean, var, count, _, _ = SyncBatchNormFunction.apply(input, self.weight, self.bias, self.eps,
-                                                                self.process_group)
+                                                                self.process_group, self.comm)
         if self.training and self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -175,14 +214,15 @@ def _note_fallback() -> None:
                       stacklevel=3)
 
 
-def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
+def convert_sync_batchnorm(model: nn.Module, process_group=None, comm: Communication | None = None) -> nn.Module:
     """Replace every ``nn.BatchNorm1d/2d`` and full-mode :class:`BatchNorm` (not ghost BN)
     by a :class:`SyncBatchNorm` with the same state; returns the model.
 
     Like ``nn.SyncBatchNorm.convert_sync_batchnorm``, but the result runs on
     CPU processes (gloo) as well as GPUs. Other BN layers are left alone with a
-    warning. Build the optimizer after converting.
+    warning. ``comm``: the layers' :class:`Communication` (default ``torch.distributed``).
+    Build the optimizer after converting.
     """
     return _convert(model, is_plain_batchnorm,
-                    lambda bn: rebuild_batchnorm(bn, SyncBatchNorm, process_group=process_group),
+                    lambda bn: rebuild_batchnorm(bn, SyncBatchNorm, process_group=process_group, comm=comm),
                     lambda m: type(m) is SyncBatchNorm, "convert_sync_batchnorm")

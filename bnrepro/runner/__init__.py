@@ -1,5 +1,12 @@
-"""The runner: runs experiments into the results store (``load_or_run``), sweeps, parallel runs."""
+"""The runner: runs experiments into the results store.
 
-from ..core.store import load_or_run
+``load_or_run`` (:mod:`.run`) loads a stored result or runs and stores it; :mod:`.sweep` runs
+many configs (resumable, on a pool or SLURM); :mod:`.parallel` runs one over several processes.
+It sits above the experiments, whose registry it reaches, and below the chapters, which call it.
+"""
 
-__all__ = ["load_or_run"]
+from .parallel import require_data_parallel, run_parallel, run_torchrun
+from .run import load_or_run
+from .sweep import run_sweep
+
+__all__ = ["load_or_run", "run_sweep", "run_parallel", "run_torchrun", "require_data_parallel"]

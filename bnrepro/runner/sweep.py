@@ -29,8 +29,8 @@ Executors:
 from __future__ import annotations
 
 import concurrent.futures as cf
-import dataclasses
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -41,7 +41,8 @@ from typing import Any, Sequence
 
 from ..core.config import ConfigError, ExperimentConfig
 from ..core.device import run_threads
-from ..core.store import result_key
+from ..core.store import load, path_for, prepare_folder, result_key, results_dir
+from .run import load_or_run
 
 __all__ = ["EXECUTORS", "SweepReport", "Terminated", "run_sweep", "pending"]
 
@@ -89,16 +90,12 @@ class SweepReport:
 
 def pending(configs: Sequence[ExperimentConfig], parallel=None, root: Path | None = None) -> list:
     """The configs of ``configs`` without a sound stored result (under ``parallel``)."""
-    from ..core.store import load
-
     return [c for c in configs if load(c, root, verbose=True, parallel=parallel) is None]
 
 
 def _run_one(cfg: ExperimentConfig, parallel, device, force: bool, root) -> str:
     """Worker body (a pool process or a submitit job): run one config into the store
     (on :func:`bnrepro.core.device.run_threads` threads, as every stored run)."""
-    from ..core.store import load_or_run, results_dir
-
     if root is not None:  # a submitit job on another node: the store the sweep was started with
         os.environ["BNREPRO_RESULTS"] = str(root)
     load_or_run(cfg, force=force, device=device, parallel=parallel, verbose=False)
@@ -112,7 +109,7 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, executor: str = "local", j
     """Run every config of ``configs`` that has no stored result; returns a :class:`SweepReport`.
 
     One failing run does not stop the others: its error is in ``report.failed``.
-    ``parallel`` (:class:`bnrepro.distributed.parallel.DataParallel`) applies to every run.
+    ``parallel`` (:class:`bnrepro.core.data_parallel.DataParallel`) applies to every run.
     SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) after ending the runs in progress.
     Raises :class:`bnrepro.core.store.ResultsFolderError` before any run if the results cannot be stored.
     """
@@ -126,8 +123,6 @@ def run_sweep(configs: Sequence[ExperimentConfig], *, executor: str = "local", j
 
 
 def _sweep(configs, executor, jobs, parallel, device, force, root, folder, cluster, params, log) -> SweepReport:
-    from ..core.store import load_or_run, path_for, prepare_folder, results_dir
-
     start = time.perf_counter()
     todo = list(configs) if force else pending(configs, parallel, root)
     report = SweepReport(total=len(configs), stored=len(configs) - len(todo))

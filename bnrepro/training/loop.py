@@ -8,7 +8,9 @@ divergence as a result: a NaN/inf loss stops the run and sets
 ``history.diverged`` instead of raising. Chapters extend it through
 ``callbacks`` (called after every step) rather than copying it; code that
 wraps a whole experiment, whose own callbacks it cannot reach, adds its own
-with :func:`observe`.
+with :func:`observe`. A data-parallel run plugs in the same way, through a
+:class:`bnrepro.training.hooks.DataParallelHook`: the loop itself knows
+nothing of processes or experiments.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import parallel
-from ..data.datasets import Batches, TensorData
 from ..core.device import get_device, synchronize
+from ..data.datasets import Batches, TensorData
+from .hooks import active_hook
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine")
@@ -166,8 +168,9 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
     the model before calling this. ``eval_every_steps=k`` also evaluates on
     the test set at step 0, every k steps and at the end, into ``history.evals``.
 
-    Inside a data-parallel run (:mod:`bnrepro.distributed.parallel`) ``batch_size`` is the
-    global batch: each process trains on its slice of every batch under DDP,
+    Inside a data-parallel run (a :class:`bnrepro.training.hooks.DataParallelHook` installed
+    with :func:`bnrepro.training.hooks.data_parallel`, as :mod:`bnrepro.distributed.parallel`
+    does) ``batch_size`` is the global batch: each process trains on its slice of every batch under DDP,
     with BN converted for the run's BN mode, and the history holds the global
     batches' losses and accuracies. Callbacks then see this process's slice.
     """
@@ -182,7 +185,7 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
     device = get_device(device)
     model.to(device)
     data = data.to(device)
-    par = parallel.active()  # data-parallel run (bnrepro.distributed.parallel): BN mode, DDP, batch shards
+    par = active_hook()  # a data-parallel run (training.hooks): BN mode, DDP, batch shards
     forward = model
     world = 1
     per_device_bn = par is not None and par.per_device_bn
