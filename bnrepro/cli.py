@@ -172,7 +172,7 @@ def cmd_bench(args) -> int:
     from .measure.speed import loop_benchmark
 
     from .core.device import get_device
-    from .nn.batchnorm import bn_speed
+    from .measure.speed import bn_speed
 
     loop_benchmark(batch_size=args.batch_size, steps=args.steps, device=args.device)
     device = str(get_device(args.device))

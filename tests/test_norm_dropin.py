@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from bnrepro.nn.ghost import GhostBatchNorm, convert_ghost_batchnorm
 from bnrepro.distributed.launch import launch
-from bnrepro.nn.batchnorm import BatchNorm, batch_norm, convert_batchnorm, freeze_batchnorm
+from bnrepro.nn import BatchNorm, batch_norm, convert_batchnorm, freeze_batchnorm
+from bnrepro.nn.ghost import GhostBatchNorm, convert_ghost_batchnorm
 from bnrepro.nn.sync_bn import SyncBatchNorm
 
 F64 = dict(dtype=torch.float64)
@@ -43,7 +43,8 @@ def test_gradgradcheck_training_mode(shape, affine):
     w = (torch.rand(C, **F64) + 0.5).requires_grad_() if affine else None
     b = torch.randn(C, **F64, requires_grad=True) if affine else None
     inputs = (x, w, b) if affine else (x,)
-    fn = lambda x, w=None, b=None: batch_norm(x, None, None, w, b, training=True)
+    def fn(x, w=None, b=None):
+        return batch_norm(x, None, None, w, b, training=True)
     assert torch.autograd.gradcheck(fn, inputs)
     assert torch.autograd.gradgradcheck(fn, inputs)
 
@@ -218,7 +219,8 @@ def test_torch_func_transforms_in_training_mode():
         torch.testing.assert_close(f(ours, x), f(ref, x), rtol=1e-9, atol=1e-10)
     # An ensemble: one batch through a stack of parameter sets (vmap over the weights).
     stacked = {k: torch.stack([v, 2 * v]) for k, v in params.items()}
-    ens = lambda m: vmap(lambda p: grad(loss, argnums=1)(m, p, x)["weight"])(stacked)
+    def ens(m):
+        return vmap(lambda p: grad(loss, argnums=1)(m, p, x)["weight"])(stacked)
     torch.testing.assert_close(ens(ours), ens(ref), rtol=1e-9, atol=1e-10)
 
 
@@ -293,7 +295,7 @@ def test_torch_jit_script_says_what_to_use_instead():
 
 # --------------------------------------------------------------------------- input checks
 def test_input_checks_like_pytorch():
-    from bnrepro.nn.batchnorm import BatchNorm1d, BatchNorm2d
+    from bnrepro.nn import BatchNorm1d, BatchNorm2d
 
     with pytest.raises(ValueError, match=r"expected 4D input \(got 3D input"):
         BatchNorm2d(3)(torch.randn(4, 3, 5))
@@ -343,7 +345,7 @@ def test_fast_path_avoids_the_scalar_addcmul_loop():
 @pytest.mark.parametrize("shape", [(16, 3, 5, 5), (12, 4)])
 def test_fused_kernels_match_torch(shape):
     """use_fused_kernels: the torch.compile'd closed form, against PyTorch (compiles: slow)."""
-    from bnrepro.nn.batchnorm import use_fused_kernels
+    from bnrepro.nn import use_fused_kernels
 
     ours, ref = pair(C=shape[1], dim=2 if len(shape) == 4 else 1)
     ours, ref = ours.float(), ref.float()

@@ -4,7 +4,7 @@ In order, each part under its own wall-clock budget (:class:`Plan`):
 
 1. the ``gpu``-marked tests (``tests/test_gpu.py``), in a pytest subprocess
    killed with its process group at its budget;
-2. the bench (:mod:`bnrepro.measure.speed`, :func:`bnrepro.nn.batchnorm.bn_speed`) on the
+2. the bench (:mod:`bnrepro.measure.speed`: :func:`~bnrepro.measure.speed.bn_speed`) on the
    device, as ratios;
 3. a slice of each experiment's paper profile (:mod:`bnrepro.gpu.slices`),
    each at most ``step_cap`` steps and ``slice_s`` seconds;
@@ -155,7 +155,7 @@ def run_gpu_tests(budget_s: float) -> dict:
 # --------------------------------------------------------------------------- 2. the bench
 def run_bench(device: torch.device, budget_s: float, dry_run: bool) -> dict:
     from ..measure.speed import loop_benchmark
-    from ..nn.batchnorm import bn_speed
+    from ..measure.speed import bn_speed
 
     loop_args = (dict(batch_size=32, steps=3, warmup=1, workers=(0,)) if dry_run
                  else dict(batch_size=256, steps=100, warmup=10, workers=(0, 2)))
