@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnrepro.data.datasets import Batches
+from bnrepro.data import Batches
 from bnrepro.core.device import get_device
 from bnrepro.models import LeNet
 from bnrepro.training.loop import train

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..distributed import parallel
-from ..data.datasets import Batches, TensorData
+from ..data import Batches, TensorData
 from ..core.device import get_device, synchronize
 
 OPTIMIZERS = ("sgd", "adam")
