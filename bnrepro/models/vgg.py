@@ -82,8 +82,9 @@ def vgg_bn(plan: str = "small", width: int = 64, num_classes: int = 10, in_chann
 
 
 # --------------------------------------------------------------------------- the VGG of the ICS chapter
+#: NoisyVGG's norm choices: make_norm's "bn", "bnrepro", "none", and ghost BN.
 VGG_NORMS = ("bn", "bnrepro", "ghost", "none")
-#: Feature layouts: ints are 3x3 conv widths, "M" a 2x2 max-pool.
+#: NoisyVGG's feature layouts (not open_lth's VGG_PLANS): ints are 3x3 conv widths, "M" a 2x2 max-pool.
 VGG_CONFIGS: dict[str, tuple] = {
     # cpu profile: Fashion-MNIST 28x28 -> 14 -> 7 -> 3 after three pools
     "small": (16, "M", 32, "M", 64, 64, "M"),

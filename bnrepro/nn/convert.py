@@ -87,15 +87,15 @@ def rebuild_batchnorm(bn: nn.Module, cls: type, **extra) -> nn.Module:
 
 
 def is_plain_batchnorm(m: nn.Module) -> bool:
-    """``nn.BatchNorm1d/2d`` or a full-mode :class:`BatchNorm` (``BatchNorm1d/2d``) -- exactly those types,
-    not subclasses (a model's own ghost or noisy BN is not plain BN, and converting it would change the
-    model)."""
+    """``nn.BatchNorm1d/2d`` or a full-mode :class:`~bnrepro.nn.batchnorm.BatchNorm` (``BatchNorm1d/2d``) --
+    exactly those types, not subclasses (a model's own ghost or noisy BN is not plain BN, and converting it
+    would change the model)."""
     return (type(m) in (nn.BatchNorm1d, nn.BatchNorm2d)
             or (type(m) in (BatchNorm, BatchNorm1d, BatchNorm2d) and m.mode == "full"))
 
 
 def convert_batchnorm(model: nn.Module) -> nn.Module:
-    """Replace each ``nn.BatchNorm1d``/``nn.BatchNorm2d`` by :class:`BatchNorm1d`/:class:`BatchNorm2d`
+    """Replace each ``nn.BatchNorm1d``/``nn.BatchNorm2d`` by :class:`~bnrepro.nn.batchnorm.BatchNorm1d`/``BatchNorm2d``
     with the same state_dict and train/eval flag; returns the model.
 
     Exactly those two types are converted: subclasses of them (and other BN

@@ -65,7 +65,7 @@ def batch_norm(input: Tensor, running_mean: Tensor | None,
     are used and, if given, the running ones are updated in place as
     ``running = (1 - momentum) * running + momentum * batch_stat``.  Note
     that PyTorch's momentum is the weight of the *new* value (Keras calls
-    ``1 - momentum`` "momentum"; see :func:`momentum_to_decay`).  Otherwise
+    ``1 - momentum`` "momentum"; see :func:`~bnrepro.nn.batchnorm.momentum_to_decay`).  Otherwise
     the running statistics are used: the fixed affine map of Algorithm 2.
     """
     if input.dim() < 2:
