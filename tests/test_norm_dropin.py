@@ -1,4 +1,4 @@
-"""bnrepro.nn.batchnorm.BatchNorm as a drop-in, tried the way an outside user would: second
+"""bnrepro.nn.BatchNorm as a drop-in, tried the way an outside user would: second
 derivatives, half precision, torch.func, PyTorch's BN utilities, conversion corner cases,
 input checks. Always against PyTorch's own batch norm."""
 
@@ -247,6 +247,25 @@ def test_pytorch_bn_utilities_see_it():
     x = x_like((8, 3))
     ours.eval(), ref.eval()
     torch.testing.assert_close(ours(x), ref(x), rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- "is this a BN layer"
+def test_one_bn_layer_predicate_everywhere():
+    """nn.is_batchnorm: every layer normalizing with batch statistics, not frozen BN or other norms;
+    the package's BN-layer lists are that test plus what each needs (running statistics, gamma)."""
+    from bnrepro.measure.population_stats import bn_layers
+    from bnrepro.models import has_batchnorm
+    from bnrepro.nn import FrozenBatchNorm, batchnorm_layers, is_batchnorm
+
+    bns = [nn.BatchNorm1d(3), nn.BatchNorm2d(3), nn.BatchNorm3d(3), nn.SyncBatchNorm(3), nn.LazyBatchNorm1d(),
+           BatchNorm(3), BatchNorm(3, mode="mean_only"), GhostBatchNorm(3, 2), SyncBatchNorm(3)]
+    others = [FrozenBatchNorm(3), nn.LayerNorm(3), nn.GroupNorm(1, 3), nn.InstanceNorm1d(3), nn.Identity()]
+    assert all(is_batchnorm(m) for m in bns) and not any(is_batchnorm(m) for m in others)
+    model = nn.Sequential(nn.BatchNorm1d(3), BatchNorm(3), GhostBatchNorm(3, 2), FrozenBatchNorm(3),
+                          nn.BatchNorm1d(3, affine=False), nn.BatchNorm1d(3, track_running_stats=False))
+    assert [name for name, _ in bn_layers(model)] == ["0", "1", "2", "4"]  # with running statistics
+    assert [name for name, _ in batchnorm_layers(model)] == ["0", "1", "2", "5"]  # with gamma and beta
+    assert has_batchnorm(model) and not has_batchnorm(nn.Sequential(FrozenBatchNorm(3), nn.LayerNorm(3)))
 
 
 # --------------------------------------------------------------------------- conversion
