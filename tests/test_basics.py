@@ -1,5 +1,7 @@
-"""Tests for bnrepro.measure.basics (Algorithm 2, the bias explosion, feature scaling) and the
-bn_inference experiment, each against an independent computation."""
+"""Tests for the measurements of the chapter "BN from first principles" -- Algorithm 2
+(bnrepro.measure.population_stats), the bias explosion (bnrepro.measure.bias_explosion), feature
+scaling (bnrepro.measure.feature_scaling) -- and the bn_inference experiment, each against an
+independent computation."""
 
 import copy
 
@@ -8,11 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnrepro.measure.basics import (SCALING_METHODS, bias_explosion, bn_layers, bn_statistics, feature_scaling_data, feature_scaling_regression, population_statistics, recalibrate_bn)
 from bnrepro.core.config import ConfigError
 from bnrepro.core.device import cpu_threads
-from bnrepro.nn.batchnorm import BatchNorm
-
+from bnrepro.measure.bias_explosion import bias_explosion
+from bnrepro.measure.feature_scaling import SCALING_METHODS, feature_scaling_data, feature_scaling_regression
+from bnrepro.measure.population_stats import bn_layers, bn_statistics, population_statistics, recalibrate_bn
+from bnrepro.nn import BatchNorm
 from conftest import needs_fashion_mnist
 
 
@@ -220,8 +223,8 @@ def _check_chapter_claims(claims, results):
 def test_first_principles_chapter_claims_tiny(tmp_results, monkeypatch):
     """chapter_claims on a tiny bn_inference sweep (4 steps a run): Claims with verdicts,
     registered with the scorecard."""
-    from bnrepro.chapters import bn_first_principles as first_principles
     from bnrepro import scorecard
+    from bnrepro.chapters import bn_first_principles as first_principles
     from bnrepro.experiments import bn_inference
 
     def tiny_sweep(profile):

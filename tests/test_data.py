@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bnrepro.data import Batches, DataNotFoundError, TensorData, load_dataset, random_crop_flip
 from bnrepro.data import datasets as data
-from bnrepro.data.datasets import Batches, DataNotFoundError, TensorData, load_dataset, random_crop_flip
 
 REAL_DEBIAN_DIR = data.DEBIAN_FASHION_MNIST_DIR
 IDX = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",

@@ -6,10 +6,26 @@ import pytest
 import torch
 from torch import nn
 
-from bnrepro.measure.decoupling import (best_length, compose, decoupled_gd, gd, least_squares, linear_rate, scale_invariant_gd)
-from bnrepro.measure.ics import (DeepLinearNet, activation_probe, distribution_drift, gaussian_classification, ics_from_closure, ics_measure)
+from bnrepro.measure.decoupling import (
+    best_length,
+    compose,
+    decoupled_gd,
+    gd,
+    least_squares,
+    linear_rate,
+    scale_invariant_gd,
+)
+from bnrepro.measure.ics import (
+    ActivationProbe,
+    DeepLinearNet,
+    distribution_drift,
+    gaussian_classification,
+    ics_from_closure,
+    ics_measure,
+)
 from bnrepro.measure.landscape import landscape_from_closure, landscape_measure, quadratic_beta
-from bnrepro.models import MODELS, DistributionNoise, GhostBatchNorm, NoisyVGG, hold_noise, layer_groups
+from bnrepro.models import MODELS, DistributionNoise, NoisyVGG, hold_noise, layer_groups
+from bnrepro.nn import GhostBatchNorm
 
 
 # --------------------------------------------------------------------------- landscape
@@ -152,7 +168,7 @@ def test_vgg_builds_and_runs(norm, noise):
 def test_activation_probe_quantiles_and_drift():
     torch.manual_seed(0)
     model = NoisyVGG("tiny", norm="bn", hidden=16)
-    probe = activation_probe(torch.randn(32, 1, 28, 28), model.taps(), every=1,
+    probe = ActivationProbe(torch.randn(32, 1, 28, 28), model.taps(), every=1,
                              weights=[m.weight for m in model.weight_layers()], max_values=500)
     r1, r2 = probe.measure(model, 0), probe.measure(model, 1)
     q = r1["layers"][0]["quantiles"]

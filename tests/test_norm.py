@@ -1,4 +1,5 @@
-"""Tests for bnrepro.nn.batchnorm, always against PyTorch's own batch norm."""
+"""Tests for bnrepro.nn's BN (closed form, functional, modules, frozen BN, conversion), always against
+PyTorch's own batch norm."""
 
 import copy
 import math
@@ -8,7 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bnrepro.nn.batchnorm import (BatchNorm, BatchNormFunction, FrozenBatchNorm, batch_norm, bn_speed, convert_batchnorm, decay_to_momentum, freeze_batchnorm, momentum_to_decay)
+from bnrepro.measure.speed import bn_speed
+from bnrepro.nn import (
+    BatchNorm,
+    BatchNormFunction,
+    FrozenBatchNorm,
+    batch_norm,
+    convert_batchnorm,
+    decay_to_momentum,
+    freeze_batchnorm,
+    momentum_to_decay,
+)
 
 SHAPES = [(8, 5), (16, 3), (4, 3, 7), (5, 2, 1), (4, 3, 5, 6), (2, 6, 3, 3), (3, 4, 1, 1)]
 
@@ -130,7 +141,8 @@ def test_gradcheck_function(shape, with_affine):
     w = torch.randn(C, dtype=torch.float64, requires_grad=True) if with_affine else None
     b = torch.randn(C, dtype=torch.float64, requires_grad=True) if with_affine else None
     inputs = (x, w, b) if with_affine else (x,)
-    fn = lambda x, w=None, b=None: BatchNormFunction.apply(x, w, b, 1e-5)[0]
+    def fn(x, w=None, b=None):
+        return BatchNormFunction.apply(x, w, b, 1e-5)[0]
     assert torch.autograd.gradcheck(fn, inputs)
 
 

@@ -1,4 +1,4 @@
-"""bnrepro.nn.batchnorm.BatchNorm as a drop-in, tried the way an outside user would: second
+"""bnrepro.nn.BatchNorm as a drop-in, tried the way an outside user would: second
 derivatives, half precision, torch.func, PyTorch's BN utilities, conversion corner cases,
 input checks. Always against PyTorch's own batch norm."""
 
@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from bnrepro.nn.ghost import GhostBatchNorm, convert_ghost_batchnorm
 from bnrepro.distributed.launch import launch
-from bnrepro.nn.batchnorm import BatchNorm, batch_norm, convert_batchnorm, freeze_batchnorm
+from bnrepro.nn import BatchNorm, batch_norm, convert_batchnorm, freeze_batchnorm
+from bnrepro.nn.ghost import GhostBatchNorm, convert_ghost_batchnorm
 from bnrepro.nn.sync_bn import SyncBatchNorm
 
 F64 = dict(dtype=torch.float64)
@@ -43,7 +43,8 @@ def test_gradgradcheck_training_mode(shape, affine):
     w = (torch.rand(C, **F64) + 0.5).requires_grad_() if affine else None
     b = torch.randn(C, **F64, requires_grad=True) if affine else None
     inputs = (x, w, b) if affine else (x,)
-    fn = lambda x, w=None, b=None: batch_norm(x, None, None, w, b, training=True)
+    def fn(x, w=None, b=None):
+        return batch_norm(x, None, None, w, b, training=True)
     assert torch.autograd.gradcheck(fn, inputs)
     assert torch.autograd.gradgradcheck(fn, inputs)
 
@@ -218,7 +219,8 @@ def test_torch_func_transforms_in_training_mode():
         torch.testing.assert_close(f(ours, x), f(ref, x), rtol=1e-9, atol=1e-10)
     # An ensemble: one batch through a stack of parameter sets (vmap over the weights).
     stacked = {k: torch.stack([v, 2 * v]) for k, v in params.items()}
-    ens = lambda m: vmap(lambda p: grad(loss, argnums=1)(m, p, x)["weight"])(stacked)
+    def ens(m):
+        return vmap(lambda p: grad(loss, argnums=1)(m, p, x)["weight"])(stacked)
     torch.testing.assert_close(ens(ours), ens(ref), rtol=1e-9, atol=1e-10)
 
 
@@ -245,6 +247,25 @@ def test_pytorch_bn_utilities_see_it():
     x = x_like((8, 3))
     ours.eval(), ref.eval()
     torch.testing.assert_close(ours(x), ref(x), rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- "is this a BN layer"
+def test_one_bn_layer_predicate_everywhere():
+    """nn.is_batchnorm: every layer normalizing with batch statistics, not frozen BN or other norms;
+    the package's BN-layer lists are that test plus what each needs (running statistics, gamma)."""
+    from bnrepro.measure.population_stats import bn_layers
+    from bnrepro.models import has_batchnorm
+    from bnrepro.nn import FrozenBatchNorm, batchnorm_layers, is_batchnorm
+
+    bns = [nn.BatchNorm1d(3), nn.BatchNorm2d(3), nn.BatchNorm3d(3), nn.SyncBatchNorm(3), nn.LazyBatchNorm1d(),
+           BatchNorm(3), BatchNorm(3, mode="mean_only"), GhostBatchNorm(3, 2), SyncBatchNorm(3)]
+    others = [FrozenBatchNorm(3), nn.LayerNorm(3), nn.GroupNorm(1, 3), nn.InstanceNorm1d(3), nn.Identity()]
+    assert all(is_batchnorm(m) for m in bns) and not any(is_batchnorm(m) for m in others)
+    model = nn.Sequential(nn.BatchNorm1d(3), BatchNorm(3), GhostBatchNorm(3, 2), FrozenBatchNorm(3),
+                          nn.BatchNorm1d(3, affine=False), nn.BatchNorm1d(3, track_running_stats=False))
+    assert [name for name, _ in bn_layers(model)] == ["0", "1", "2", "4"]  # with running statistics
+    assert [name for name, _ in batchnorm_layers(model)] == ["0", "1", "2", "5"]  # with gamma and beta
+    assert has_batchnorm(model) and not has_batchnorm(nn.Sequential(FrozenBatchNorm(3), nn.LayerNorm(3)))
 
 
 # --------------------------------------------------------------------------- conversion
@@ -293,7 +314,7 @@ def test_torch_jit_script_says_what_to_use_instead():
 
 # --------------------------------------------------------------------------- input checks
 def test_input_checks_like_pytorch():
-    from bnrepro.nn.batchnorm import BatchNorm1d, BatchNorm2d
+    from bnrepro.nn import BatchNorm1d, BatchNorm2d
 
     with pytest.raises(ValueError, match=r"expected 4D input \(got 3D input"):
         BatchNorm2d(3)(torch.randn(4, 3, 5))
@@ -343,7 +364,7 @@ def test_fast_path_avoids_the_scalar_addcmul_loop():
 @pytest.mark.parametrize("shape", [(16, 3, 5, 5), (12, 4)])
 def test_fused_kernels_match_torch(shape):
     """use_fused_kernels: the torch.compile'd closed form, against PyTorch (compiles: slow)."""
-    from bnrepro.nn.batchnorm import use_fused_kernels
+    from bnrepro.nn import use_fused_kernels
 
     ours, ref = pair(C=shape[1], dim=2 if len(shape) == 4 else 1)
     ours, ref = ours.float(), ref.float()

@@ -3,7 +3,7 @@
 ``book/bn_first_principles.ipynb`` derives BN from scratch in the open and
 demonstrates each point inline. This module recomputes every number its
 claims table needs with the package's own code -- :mod:`bnrepro.nn.batchnorm` against
-PyTorch, :mod:`bnrepro.measure.basics`, the stored runs of the ``bn_inference``
+PyTorch, the measurements of :mod:`bnrepro.measure`, the stored runs of the ``bn_inference``
 experiment -- and :func:`chapter_claims` scores them. The chapter's claims
 table and the scorecard page both call :func:`chapter_claims` (registered in
 :mod:`bnrepro.experiments.bn_inference`), so the two can never disagree.
@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import batchnorm as bnr
-from ..measure.basics import bias_explosion, feature_scaling_regression
+from ..measure.bias_explosion import bias_explosion
+from ..measure.feature_scaling import feature_scaling_regression
+from ..measure.speed import bn_speed
 from ..core.claims import Claim, at_least, at_most
 from ..core.device import cpu_threads
 
@@ -184,7 +186,7 @@ def scale_invariance(seed: int = 0) -> dict[str, float]:
 
 
 def bias_numbers(steps: int = BIAS_STEPS) -> dict[str, float]:
-    """Section 2 (:func:`bnrepro.measure.basics.bias_explosion`): ``growth`` = ||b_T|| / ||b_T/2|| with
+    """Section 2 (:func:`bnrepro.measure.bias_explosion.bias_explosion`): ``growth`` = ||b_T|| / ||b_T/2|| with
     the mean outside the gradient, ``loss_move_from_b`` = the largest loss change a bias step
     causes there, ``b_change_inside`` = the range of ||b|| with the mean inside the gradient."""
     outside = bias_explosion(in_gradient=False, steps=steps)
@@ -195,7 +197,7 @@ def bias_numbers(steps: int = BIAS_STEPS) -> dict[str, float]:
 
 
 def best_scaling_losses(steps: int = SCALING_STEPS) -> dict[str, float]:
-    """Feature scaling (:func:`bnrepro.measure.basics.feature_scaling_regression`): per method, the
+    """Feature scaling (:func:`bnrepro.measure.feature_scaling.feature_scaling_regression`): per method, the
     lowest final loss over :data:`SCALING_LRS` among the runs that did not diverge."""
     best = {}
     for method in ("raw", "standardized", "bn"):
@@ -232,9 +234,9 @@ def keras_deviation(batches: int = 200, m: int = 16, channels: int = 1000, seed:
 
 
 def measure_speed(profile: str) -> dict:
-    """:func:`bnrepro.nn.batchnorm.bn_speed` on :data:`SPEED_SHAPE`, one CPU thread, few repeats
+    """:func:`bnrepro.measure.speed.bn_speed` on :data:`SPEED_SHAPE`, one CPU thread, few repeats
     (about a second): quick enough for the scorecard, noisy by some tens of percent."""
-    return bnr.bn_speed(shape=SPEED_SHAPE, repeats=10 if profile == "smoke" else 20, warmup=3, threads=1)
+    return bn_speed(shape=SPEED_SHAPE, repeats=10 if profile == "smoke" else 20, warmup=3, threads=1)
 
 
 def quantities(profile: str, device=None, speed: dict | None = None) -> dict:

@@ -1,1 +1,23 @@
-"""bnrepro.data."""
+"""Datasets as tensors on the device, seeded batches, batched augmentation.
+
+* :mod:`~bnrepro.data.datasets` -- the registry (:data:`DATASETS`), where files are found,
+  :func:`load_dataset` into a :class:`TensorData`;
+* :mod:`~bnrepro.data.readers` -- the on-disk formats (idx, CIFAR-10 pickles, the processed cache);
+* :mod:`~bnrepro.data.batching` -- :class:`Batches` (seeded mini-batches) and :func:`random_crop_flip`.
+"""
+
+from .batching import Batches, random_crop_flip
+from .datasets import (
+                       DATASET_SIZES,
+                       DATASETS,
+                       DEBIAN_FASHION_MNIST_DIR,
+                       TensorData,
+                       cache_dir,
+                       data_dir,
+                       load_dataset,
+                       require_subset,
+)
+from .readers import DataNotFoundError
+
+__all__ = ["DATASETS", "DATASET_SIZES", "DEBIAN_FASHION_MNIST_DIR", "Batches", "DataNotFoundError", "TensorData",
+           "cache_dir", "data_dir", "load_dataset", "random_crop_flip", "require_subset"]

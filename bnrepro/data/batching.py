@@ -1,6 +1,6 @@
 """Seeded mini-batches over tensors on the device, and batched augmentation.
 
-Split from :mod:`bnrepro.data` (which re-exports both names): batching is
+Exported by :mod:`bnrepro.data`. Batching is
 the hot path of every training step, so it is plain tensor indexing with no
 DataLoader workers and no per-sample Python (airbench's habit).
 """

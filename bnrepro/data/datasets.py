@@ -1,36 +1,42 @@
-"""Datasets as whole tensors on the device, seeded batching, batched augmentation.
+"""Datasets as whole tensors on the device: the registry, where the files are found, and loading.
 
 The small image datasets used in the book fit in device memory many times
 over, so (as in airbench) each one is loaded once into a few tensors and
-batches are cut out by indexing. No DataLoader workers, no per-sample Python,
-and the batch order of an epoch depends only on ``(seed, epoch)``.
+batches are cut out by indexing (:mod:`bnrepro.data.batching`). No DataLoader
+workers, no per-sample Python, and the batch order of an epoch depends only
+on ``(seed, epoch)``.
 
-Raw files are parsed here (idx for the MNISTs, the python pickles for
-CIFAR-10) rather than by torchvision's dataset classes, which insist on the
-md5 sums of the official files; torchvision is used only to download. The
-parsed uint8 tensors are cached as ``cache_dir()/<name>.pt`` so that later
-loads skip decompression. Delete that file to force a rebuild.
+Raw files are parsed by :mod:`bnrepro.data.readers` (idx for the MNISTs, the
+python pickles for CIFAR-10) rather than by torchvision's dataset classes,
+which insist on the md5 sums of the official files; torchvision is used only
+to download. The parsed uint8 tensors are cached as ``cache_dir()/<name>.pt``
+so that later loads skip decompression. Delete that file to force a rebuild.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import os
-import pickle
-import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .batching import Batches, random_crop_flip  # re-exported: the data API
 from ..core.config import ConfigError
 from ..core.device import get_device
+from .readers import (
+    CIFAR_FILES,
+    IDX_FILES,
+    DataNotFoundError,
+    load_cifar_dir,
+    load_idx_dir,
+    raw_problem,
+    read_cache,
+    write_cache,
+)
 
 __all__ = [
-    "DATASETS", "DATASET_SIZES", "require_subset", "DEBIAN_FASHION_MNIST_DIR", "DataNotFoundError", "data_dir",
-    "cache_dir", "TensorData", "load_dataset", "Batches", "random_crop_flip",
+    "DATASETS", "DATASET_SIZES", "require_subset", "DEBIAN_FASHION_MNIST_DIR", "data_dir", "cache_dir", "TensorData",
+    "load_dataset",
 ]
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10")
@@ -48,18 +54,11 @@ _CLASSES = {
     "cifar10": ["airplane", "automobile", "bird", "cat", "deer",
                 "dog", "frog", "horse", "ship", "truck"],
 }
-_IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-_CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 _LAYOUT = {  # what to tell users to put in BNREPRO_DATA
-    "fashion-mnist": "fashion-mnist/{" + ",".join(_IDX_FILES) + "}[.gz]",
-    "mnist": "MNIST/raw/{" + ",".join(_IDX_FILES) + "}[.gz]",
-    "cifar10": "cifar-10-batches-py/{" + ",".join(_CIFAR_FILES) + ",batches.meta}",
+    "fashion-mnist": "fashion-mnist/{" + ",".join(IDX_FILES) + "}[.gz]",
+    "mnist": "MNIST/raw/{" + ",".join(IDX_FILES) + "}[.gz]",
+    "cifar10": "cifar-10-batches-py/{" + ",".join(CIFAR_FILES) + ",batches.meta}",
 }
-
-
-class DataNotFoundError(RuntimeError):
-    """No source could provide the dataset (or a provided file is corrupt)."""
 
 
 def _env_path(var: str) -> Path | None:
@@ -93,70 +92,14 @@ def _canonical(name: str) -> str:
     return key
 
 
-# --------------------------------------------------------------------------- raw parsers
-def _read_idx(path: Path) -> torch.Tensor:
-    """Parse one idx file (optionally gzipped) holding unsigned bytes."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
-        raise DataNotFoundError(f"cannot read {path}: {e}. Delete or replace the file.") from None
-    # Header: two zero bytes, a type code (0x08 = uint8), the number of dims, then big-endian int32 sizes.
-    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
-        raise DataNotFoundError(f"{path} is not a uint8 idx file (bad header). Delete or replace the file.")
-    ndim = raw[3]
-    shape = tuple(int(s) for s in np.frombuffer(raw, ">i4", ndim, offset=4))
-    body = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(shape)):
-        raise DataNotFoundError(f"{path} is truncated: header says {shape}, found {body.size} bytes of data. "
-                                "Delete or replace the file.")
-    return torch.from_numpy(body.reshape(shape).copy())
-
-
-def _load_idx_dir(folder: Path) -> dict:
-    paths = []
-    for stem in _IDX_FILES:  # prefer the uncompressed file: no decompression needed
-        found = [p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()]
-        if not found:
-            raise FileNotFoundError(f"{stem}[.gz]")
-        paths.append(found[0])
-    xtr, ytr, xte, yte = (_read_idx(p) for p in paths)
-    return {"x_train": xtr.unsqueeze(1), "y_train": ytr.long(),  # add the channel axis: (N, 1, 28, 28)
-            "x_test": xte.unsqueeze(1), "y_test": yte.long()}
-
-
-def _load_cifar_dir(folder: Path) -> dict:
-    def read(fname: str, convert):
-        path = folder / fname
-        if not path.is_file():
-            raise FileNotFoundError(fname)
-        try:  # pickle is CIFAR-10's own format; only point BNREPRO_DATA at files you trust
-            with open(path, "rb") as f:
-                return convert(pickle.load(f, encoding="bytes"))
-        except Exception as e:
-            raise DataNotFoundError(f"{path} is not in CIFAR-10 format ({type(e).__name__}: {e}). "
-                                    "Delete or replace it.") from None
-
-    def batch(d: dict):  # each row of b"data" is one image: 1024 R, then 1024 G, then 1024 B bytes
-        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        return torch.from_numpy(x.copy()), torch.as_tensor(d[b"labels"], dtype=torch.int64)
-
-    parts = [read(fname, batch) for fname in _CIFAR_FILES]
-    classes = (read("batches.meta", lambda d: [c.decode() for c in d[b"label_names"]])
-               if (folder / "batches.meta").is_file() else _CLASSES["cifar10"])  # names are fixed anyway
-    return {"x_train": torch.cat([p[0] for p in parts[:5]]), "y_train": torch.cat([p[1] for p in parts[:5]]),
-            "x_test": parts[5][0], "y_test": parts[5][1], "classes": classes}
-
-
 def _local_sources(name: str) -> list[tuple[Path, object]]:
     root = data_dir()
     if name == "fashion-mnist":
-        return [(root / "fashion-mnist", _load_idx_dir), (root / "FashionMNIST" / "raw", _load_idx_dir),
-                (DEBIAN_FASHION_MNIST_DIR, _load_idx_dir)]
+        return [(root / "fashion-mnist", load_idx_dir), (root / "FashionMNIST" / "raw", load_idx_dir),
+                (DEBIAN_FASHION_MNIST_DIR, load_idx_dir)]
     if name == "mnist":
-        return [(root / "MNIST" / "raw", _load_idx_dir), (root / "mnist", _load_idx_dir)]
-    return [(root / "cifar-10-batches-py", _load_cifar_dir)]
+        return [(root / "MNIST" / "raw", load_idx_dir), (root / "mnist", load_idx_dir)]
+    return [(root / "cifar-10-batches-py", load_cifar_dir)]
 
 
 def _download(name: str) -> None:
@@ -179,26 +122,6 @@ def _not_found(name: str, looked: list[str], reason: str) -> DataNotFoundError:
     return DataNotFoundError("\n".join(lines))
 
 
-def _problem(raw) -> str:
-    """What is wrong with a raw dataset dict ('' if nothing): guards against corrupt files and caches."""
-    try:
-        xs, ys = (raw["x_train"], raw["x_test"]), (raw["y_train"], raw["y_test"])
-        if not all(isinstance(x, torch.Tensor) and x.dtype == torch.uint8 and x.dim() == 4 for x in xs):
-            return "images are not uint8 (N, C, H, W)"
-        if not all(isinstance(y, torch.Tensor) and y.dtype == torch.int64 and y.shape == (len(x),)
-                   for x, y in zip(xs, ys)):
-            return "labels are not int64 with one per image"
-        if xs[0].shape[1:] != xs[1].shape[1:] or len(xs[0]) == 0 or len(xs[1]) == 0:
-            return "train/test images are empty or differ in shape"
-        if not all(isinstance(c, str) for c in raw["classes"]) or not isinstance(raw["source"], str):
-            return "bad class names or source"
-        if min(y.min().item() for y in ys) < 0 or max(y.max().item() for y in ys) >= len(raw["classes"]):
-            return f"labels outside 0..{len(raw['classes']) - 1}"
-    except (KeyError, TypeError, AttributeError, IndexError):
-        return "missing or mistyped entries"
-    return ""
-
-
 def _try_local(name: str, looked: list[str]) -> dict | None:
     for folder, loader in _local_sources(name):
         try:
@@ -208,8 +131,8 @@ def _try_local(name: str, looked: list[str]) -> dict | None:
             continue
         raw.setdefault("classes", _CLASSES[name])
         raw["source"] = str(folder)
-        if _problem(raw):
-            raise DataNotFoundError(f"the {name} files in {folder} are inconsistent: {_problem(raw)}. "
+        if raw_problem(raw):
+            raise DataNotFoundError(f"the {name} files in {folder} are inconsistent: {raw_problem(raw)}. "
                                     "Delete or replace them.")
         return raw
     return None
@@ -234,36 +157,6 @@ def _load_raw(name: str, download: bool, offline_reason: str) -> dict:
     if raw is None:
         raise _not_found(name, looked, "The download finished but the expected files are not there.")
     return raw
-
-
-# --------------------------------------------------------------------------- processed cache
-def _read_cache(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-        problem = _problem(raw)
-    except Exception as e:  # truncated or garbage files raise many different types
-        problem = f"{type(e).__name__}: {e}".splitlines()[0]
-    if problem:
-        warnings.warn(f"ignoring corrupt dataset cache {path} ({problem}); rebuilding it", stacklevel=3)
-        return None
-    raw["source"] = f"cache {path} (built from {raw['source']})"
-    return raw
-
-
-def _write_cache(path: Path, raw: dict) -> None:
-    # Write to a temporary name and rename: a crash mid-write, or two runs
-    # building the cache at once, can never leave a half-written <name>.pt.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(raw, tmp)
-        os.replace(tmp, path)
-    except OSError as e:  # a read-only cache is an inconvenience, not a reason to fail the run
-        tmp.unlink(missing_ok=True)
-        warnings.warn(f"could not write dataset cache {path} ({e}); set BNREPRO_CACHE to a writable folder",
-                      stacklevel=3)
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -378,10 +271,10 @@ def load_dataset(name: str, *, device: str | torch.device | None = None, n_train
     else:
         reason = "Downloading is disabled (download=False)."
     path = cache_dir() / f"{name}.pt"
-    raw = _read_cache(path)
+    raw = read_cache(path)
     if raw is None:
         raw = _load_raw(name, bool(download), reason)
-        _write_cache(path, raw)
+        write_cache(path, raw)
     n_train = _check_count("n_train", n_train, len(raw["x_train"]))
     n_test = _check_count("n_test", n_test, len(raw["x_test"]))
 

@@ -8,7 +8,7 @@ batches, computed with ten different sets of weights). This experiment trains
 d2l's BN-LeNet on Fashion-MNIST and, at a list of checkpoints, measures the
 test accuracy three ways: with the running averages (``model.eval()``), with
 population statistics recomputed over the whole training set
-(:func:`bnrepro.measure.basics.recalibrate_bn`), and with each test batch's own
+(:func:`bnrepro.measure.population_stats.recalibrate_bn`), and with each test batch's own
 statistics (the model left in training mode).
 
 :func:`checkpoint_table`, :func:`gap_summary` and :func:`gap_numbers` summarize
@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from ..measure.basics import bn_layers, bn_statistics, recalibrate_bn
+from ..measure.population_stats import bn_layers, bn_statistics, recalibrate_bn
 from ..core.config import ExperimentConfig, require
 from ..data.datasets import DATASETS, load_dataset, require_subset
 from ..core.device import get_device

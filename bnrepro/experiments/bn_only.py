@@ -32,11 +32,12 @@ import torch.nn.functional as F
 
 from ..core.claims import Claim, at_least, at_most, between
 from ..core.config import ExperimentConfig, require
-from ..data.datasets import DATASETS, load_dataset, random_crop_flip, require_subset
+from ..data import DATASETS, load_dataset, random_crop_flip, require_subset
 from ..core.device import get_device
 from ..nn.freeze import (BN_INITS, FREEZINGS, apply_freezing, batchnorm_layers, batchnorm_parameter_names, bn_gammas, init_batchnorm)
 from ..models import count_parameters
-from ..models.cifar import VGG_PLANS, cifar_resnet, resnet_blocks_per_stage, vgg_bn
+from ..models.cifar_resnet import cifar_resnet, resnet_blocks_per_stage
+from ..models.vgg import VGG_PLANS, vgg_bn
 from ..core.provenance import provenance
 from ..scorecard import register_chapter
 from ..core.store import Result

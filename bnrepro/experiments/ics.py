@@ -23,8 +23,8 @@ from ..core.config import ExperimentConfig, require
 from ..data.datasets import load_dataset, require_subset
 from ..measure.decoupling import (decoupled_gd, gd, least_squares, linear_rate, logistic_regression, scale_invariant_gd)
 from ..core.device import get_device
-from ..measure.ics import DeepLinearNet, activation_probe, gaussian_classification, ics_callback
-from ..measure.landscape import DEFAULT_STEP_SIZES, landscape_callback
+from ..measure.ics import ActivationProbe, DeepLinearNet, ICSCallback, gaussian_classification
+from ..measure.landscape import DEFAULT_STEP_SIZES, LandscapeCallback
 from ..models import NoisyVGG, count_parameters
 from ..models.vgg import VGG_CONFIGS
 from ..core.provenance import provenance
@@ -92,11 +92,11 @@ def run_noisy_bn(cfg: NoisyBNConfig, device=None) -> Result:
                      in_channels=data.in_channels, image_size=data.image_size, hidden=cfg.hidden,
                      noise_mean_max=cfg.noise_mean_max, noise_std_min=cfg.noise_std_min,
                      noise_std_max=cfg.noise_std_max).to(device)
-    probe = activation_probe(data.x_train[:cfg.probe_size], model.taps(), cfg.probe_every,
+    probe = ActivationProbe(data.x_train[:cfg.probe_size], model.taps(), cfg.probe_every,
                              weights=[m.weight for m in model.weight_layers()], seed=cfg.seed)
     callbacks = [probe]
-    ics = ics_callback(cfg.ics_every) if cfg.ics_every else None
-    land = landscape_callback(cfg.landscape_every, cfg.step_sizes) if cfg.landscape_every else None
+    ics = ICSCallback(cfg.ics_every) if cfg.ics_every else None
+    land = LandscapeCallback(cfg.landscape_every, cfg.step_sizes) if cfg.landscape_every else None
     callbacks += [c for c in (ics, land) if c is not None]
     hist = train(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                  seed=cfg.seed, eval_every_steps=cfg.eval_every_steps, callbacks=callbacks, device=device)
@@ -166,7 +166,7 @@ def run_dln(cfg: DLNConfig, device=None) -> Result:
     data = gaussian_classification(cfg.n_train, cfg.n_test, cfg.dim, cfg.num_classes, seed=cfg.seed)
     torch.manual_seed(cfg.seed)
     model = DeepLinearNet(cfg.dim, cfg.width, cfg.depth, cfg.num_classes, norm=cfg.norm)
-    ics = ics_callback(cfg.ics_every)
+    ics = ICSCallback(cfg.ics_every)
     hist = train(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                  eval_every_steps=cfg.ics_every * 4, callbacks=[ics], device=device)
     return Result(cfg.experiment, cfg.to_dict(), {"history": hist.to_dict(), "ics": ics.records},

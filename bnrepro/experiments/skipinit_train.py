@@ -25,7 +25,7 @@ import time
 import torch
 
 from ..core.config import ExperimentConfig, require
-from ..data.datasets import DATASETS, load_dataset, random_crop_flip, require_subset
+from ..data import DATASETS, load_dataset, random_crop_flip, require_subset
 from ..core.device import get_device
 from ..models import RESNET_VARIANTS, ResNet, count_parameters
 from ..core.provenance import provenance

@@ -4,7 +4,7 @@ In order, each part under its own wall-clock budget (:class:`Plan`):
 
 1. the ``gpu``-marked tests (``tests/test_gpu.py``), in a pytest subprocess
    killed with its process group at its budget;
-2. the bench (:mod:`bnrepro.measure.speed`, :func:`bnrepro.nn.batchnorm.bn_speed`) on the
+2. the bench (:mod:`bnrepro.measure.speed`: :func:`~bnrepro.measure.speed.bn_speed`) on the
    device, as ratios;
 3. a slice of each experiment's paper profile (:mod:`bnrepro.gpu.slices`),
    each at most ``step_cap`` steps and ``slice_s`` seconds;
@@ -40,8 +40,7 @@ from ..core.provenance import REPO_ROOT, git_revision
 from ..core.version import __version__
 from ..data.datasets import DATASETS, DataNotFoundError, cache_dir, load_dataset
 from ..experiments import list_experiments
-from ..measure.speed import loop_benchmark
-from ..nn.batchnorm import bn_speed
+from ..measure.speed import bn_speed, loop_benchmark
 from . import report as gpu_report
 from .slices import CPU_ONLY, TRAIN_SIZES, run_slice
 from .timebox import BoxClosed, hard_limit, hard_limit_available

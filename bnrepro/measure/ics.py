@@ -16,7 +16,7 @@ cos = 1). The first layer has nothing below it, so its ICS is exactly zero,
 and so is that of a network with a single layer (a unit test checks this).
 
 :func:`ics_measure` works on any model whose parameters split into layers
-(:func:`bnrepro.models.vgg.layer_groups`); :func:`ics_callback` measures it
+(:func:`bnrepro.models.vgg.layer_groups`); :class:`ICSCallback` measures it
 during :func:`bnrepro.training.loop.train`. :class:`DeepLinearNet` and
 :func:`gaussian_classification` are the paper's second test bed, a deep
 linear network (25 layers) on synthetic Gaussian data.
@@ -34,7 +34,8 @@ from torch import nn
 
 from ..data.datasets import TensorData
 from ..models.common import check_choice, make_norm
-from ..models.vgg import hold_noise, layer_groups
+from ..models.noise import hold_noise
+from ..models.vgg import layer_groups
 
 
 @contextlib.contextmanager
@@ -122,7 +123,7 @@ def ics_measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float,
         return ics_from_closure(cross_entropy_closure(model, x, y), groups, lr)
 
 
-class ics_callback:
+class ICSCallback:
     """A :func:`bnrepro.training.loop.train` callback: ICS every ``every`` steps on that step's batch.
 
     The train loop calls back *after* the optimizer step, so the measure is
@@ -208,7 +209,7 @@ def summarize_ics(records: Sequence[dict], key: str = "l2") -> list[float]:
 QUANTILES = tuple(round(0.05 * k, 2) for k in range(1, 20))
 
 
-class activation_probe:
+class ActivationProbe:
     """A :func:`bnrepro.training.loop.train` callback: the classic, distributional view of ICS.
 
     Every ``every`` steps, runs a fixed ``probe`` batch through the model in

@@ -15,7 +15,7 @@ step sizes ``eta`` and record
 
 For a quadratic ``L = theta' H theta / 2`` the gradient change is
 ``eta * H g`` exactly, so (c) is ``||H g|| / ||g||``: the top eigenvalue of
-``H`` when ``g`` is its eigenvector (unit-tested). :func:`landscape_callback`
+``H`` when ``g`` is its eigenvector (unit-tested). :class:`LandscapeCallback`
 takes the measures during :func:`bnrepro.training.loop.train`.
 """
 
@@ -84,7 +84,7 @@ def landscape_measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         return landscape_from_closure(cross_entropy_closure(model, x, y), params, step_sizes)
 
 
-class landscape_callback:
+class LandscapeCallback:
     """A :func:`bnrepro.training.loop.train` callback: the measures every ``every`` steps on that step's batch."""
 
     def __init__(self, every: int, step_sizes: Sequence[float] = DEFAULT_STEP_SIZES):

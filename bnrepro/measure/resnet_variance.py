@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..core.device import cpu_threads
 from ..models.resnet import residual_blocks
+from ..nn.batchnorm import is_batchnorm
 
 MC_MODES = ("bn", "scaled", "none")
 
@@ -103,7 +103,7 @@ def path_variance_mc(num_blocks: int, width: int = 256, batch: int = 256, mode: 
 
 def _first_bn(block: nn.Module) -> nn.Module | None:
     for m in block.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if is_batchnorm(m):
             return m
     return None
 
@@ -126,7 +126,7 @@ def block_variances(model: nn.Module, batches: Iterable[torch.Tensor]) -> dict[s
     blocks = residual_blocks(model)
     if not blocks:
         raise ValueError("model has no residual blocks (bnrepro.models.resnet.Residual)")
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = [m for m in model.modules() if is_batchnorm(m)]
     saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in bns]
     for m in bns:
         m.reset_running_stats()

@@ -1,23 +1,34 @@
-"""``make bench``: training images/s of the tensor-resident loop vs a DataLoader loop.
+"""Speed: the BN layer's forward + backward time against PyTorch's, and ``make bench``.
 
-Both loops train the same BN-LeNet with the same optimizer and batch size on
-Fashion-MNIST. The baseline is the usual tutorial pipeline: a Dataset that
-turns each uint8 image into a PIL image and applies torchvision's
-``ToTensor`` + ``Normalize`` per sample, batched by a ``DataLoader``. It is
-measured with 0 and 2 worker processes and the faster one is used, so the
-ratio is not flattered by a badly configured baseline.
+* :func:`bn_speed` -- median time of one forward + backward pass in training
+  mode, :class:`bnrepro.nn.batchnorm.BatchNorm` (the closed form, eager or
+  with :func:`bnrepro.nn.closed_form.use_fused_kernels`) vs ``nn.BatchNorm1d/2d``.
+* :func:`loop_benchmark` -- training images/s of the tensor-resident loop vs a DataLoader loop.
+  Both loops train the same BN-LeNet with the same optimizer and batch size on
+  Fashion-MNIST. The baseline is the usual tutorial pipeline: a Dataset that
+  turns each uint8 image into a PIL image and applies torchvision's
+  ``ToTensor`` + ``Normalize`` per sample, batched by a ``DataLoader``. It is
+  measured with 0 and 2 worker processes and the faster one is used, so the
+  ratio is not flattered by a badly configured baseline.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from ..data.datasets import Batches, load_dataset
 from ..core.device import describe_device, get_device, synchronize
-from ..models import LeNet
+from ..data.batching import Batches
+from ..data.datasets import load_dataset
+from ..models.lenet import LeNet
+from ..nn.batchnorm import BatchNorm
+from ..nn.closed_form import fused_kernels_enabled, use_fused_kernels
+
+__all__ = ["bn_speed", "loop_benchmark"]
 
 
 class _PILDataset(torch.utils.data.Dataset):
@@ -98,3 +109,54 @@ def loop_benchmark(batch_size: int = 256, steps: int = 100, warmup: int = 10, de
             print(f"DataLoader, {w} worker(s): {v:10.0f} images/s")
         print(f"ratio (tensor loop / best DataLoader): {out['ratio']:.2f}x")
     return out
+
+
+def bn_speed(shape=(64, 32, 28, 28), repeats: int = 30, warmup: int = 5,
+             device: str = "cpu", seed: int = 0, threads: int | None = None, fused: bool = False) -> dict:
+    """Median time (ms) of forward + backward in training mode: ours vs PyTorch.
+
+    Both modules see the same input and upstream gradient; the runs alternate
+    so that drift (turbo, other load) hits both alike.  ``threads`` sets the
+    CPU intra-op thread count for the measurement only (``None``: as is).
+    ``fused`` measures ours with :func:`use_fused_kernels` (the warm-up
+    includes the compilation).
+    """
+    if threads is not None:
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return bn_speed(shape, repeats, warmup, device, seed, fused=fused)
+        finally:
+            torch.set_num_threads(old)
+    if fused:
+        before = use_fused_kernels(True)
+        try:
+            return {**bn_speed(shape, repeats, max(warmup, 2), device, seed), "fused": True}
+        finally:
+            use_fused_kernels(before)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen).to(device).requires_grad_()
+    dy = torch.randn(shape, generator=gen).to(device)
+    ref_cls = nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d
+    mods = {"ours": BatchNorm(shape[1], device=device),
+            "torch": ref_cls(shape[1], device=device)}
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+
+    def step(mod):
+        x.grad = None
+        mod.zero_grad(set_to_none=True)
+        sync()
+        t0 = time.perf_counter()
+        mod(x).backward(dy)
+        sync()
+        return time.perf_counter() - t0
+
+    times = {k: [] for k in mods}
+    for i in range(warmup + repeats):
+        for k, mod in mods.items():
+            t = step(mod)
+            if i >= warmup:
+                times[k].append(t)
+    ours, ref = (statistics.median(times[k]) * 1e3 for k in ("ours", "torch"))
+    return {"shape": tuple(shape), "ours_ms": ours, "torch_ms": ref, "ratio": ours / ref,
+            "threads": torch.get_num_threads(), "device": str(device), "fused": fused_kernels_enabled()}

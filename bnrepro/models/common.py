@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from torch import nn
+
+from ..nn.batchnorm import BatchNorm1d, BatchNorm2d, is_batchnorm
 
 NORMS = ("bn", "bnrepro", "none", "bn_mean_only", "bn_var_only")
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -43,8 +44,6 @@ def make_norm(norm: str, num_features: int, dim: int) -> nn.Module:
     if norm == "none":
         return nn.Identity()
     if norm in ("bnrepro", "bn_mean_only", "bn_var_only"):
-        from ..nn.batchnorm import BatchNorm1d, BatchNorm2d  # local import: norm imports nothing from here
-
         mode = "full" if norm == "bnrepro" else norm[len("bn_"):]
         return (BatchNorm1d if dim == 1 else BatchNorm2d)(num_features, mode=mode)
     return nn.BatchNorm1d(num_features) if dim == 1 else nn.BatchNorm2d(num_features)
@@ -68,9 +67,17 @@ def init_weights(model: nn.Module, init: str = "default") -> nn.Module:
     return model
 
 
+def kaiming_normal_init(model: nn.Module) -> nn.Module:
+    """open_lth's ``kaiming_normal``: N(0, 2 / fan_in) for every conv and linear weight."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+    return model
+
+
 def has_batchnorm(model: nn.Module) -> bool:
-    """True when any module normalizes with batch statistics in training."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())  # incl. the package's
+    """True when any module normalizes with batch statistics in training (:func:`bnrepro.nn.is_batchnorm`)."""
+    return any(is_batchnorm(m) for m in model.modules())
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

@@ -27,6 +27,7 @@ import math
 import torch
 from torch import nn
 
+from ..nn.batchnorm import is_batchnorm
 from .common import NORMS, check_choice, make_norm
 
 ALPHAS = ("none", "0", "1/sqrt(d)", "1")
@@ -157,7 +158,7 @@ class LinearResNet(nn.Module):
             lin = nn.Linear(width, width, bias=False)
             nn.init.normal_(lin.weight, std=width ** -0.5)
             bn = make_norm(norm, width, 1)
-            if isinstance(bn, nn.modules.batchnorm._BatchNorm):  # PyTorch's BN or the package's
+            if is_batchnorm(bn):  # PyTorch's BN or the package's
                 bn.momentum = None
             blocks.append(Residual(nn.Sequential(bn, lin), alpha=i ** -0.5 if depth_scaling else None,
                                    learnable_alpha=False))

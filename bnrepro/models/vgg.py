@@ -1,30 +1,90 @@
-"""VGG-style networks with a norm choice and Santurkar et al.'s "noisy BN" layer.
+"""VGG networks: open_lth's BN-VGG, and the VGG with a norm choice and Santurkar et al.'s noise.
 
-Santurkar, Tsipras, Ilyas & Madry 2018 (arXiv 1805.11604, Section 2.1) test
-whether BN helps *because* it stabilises the distribution of layer inputs:
-after each BN layer they perturb every activation of every sample with i.i.d.
-noise of non-zero mean and non-unit variance, the noise distribution itself
-changing at every step. :class:`DistributionNoise` is that perturbation;
-``NoisyVGG(norm=..., noise=True)`` puts one after each normalisation layer (or,
-with ``norm="none"``, in the same place of the plain network).
-
-``norm="ghost"`` is ghost batch normalisation (BN statistics over sub-batches
-of ``ghost_batch_size`` samples), used by the chapter "Is it internal
-covariate shift?" to turn the noise of the batch statistics up and down
-without changing the SGD batch.
+* :class:`VGG` (:func:`vgg_bn`, plans in :data:`VGG_PLANS`) -- open_lth's
+  ``cifar_vgg`` (Frankle, Schwab & Morcos's code): conv(bias)-BN-ReLU
+  modules, max-pools, global average pooling and one linear output layer.
+  The chapter "Training only BatchNorm" (book/bn_only) trains it with
+  everything but BN's gamma and beta frozen at initialisation.
+* :class:`NoisyVGG` (layouts in :data:`VGG_CONFIGS`) -- [conv3x3 -> norm ->
+  (noise) -> ReLU] blocks and an MLP head, for the chapter "Is it internal
+  covariate shift?". ``NoisyVGG(norm=..., noise=True)`` puts Santurkar et
+  al.'s :class:`~bnrepro.models.noise.DistributionNoise` after each
+  normalisation layer (or, with ``norm="none"``, in the same place of the
+  plain network). ``norm="ghost"`` is ghost batch normalisation
+  (:class:`bnrepro.nn.ghost.GhostBatchNorm`: BN statistics over sub-batches
+  of ``ghost_batch_size`` samples), which turns the noise of the batch
+  statistics up and down without changing the SGD batch.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import nn
 
-from .common import check_choice, make_norm
+from ..nn.ghost import GhostBatchNorm
+from .common import NORMS, check_choice, kaiming_normal_init, make_norm
+from .noise import DistributionNoise
 
+__all__ = ["VGG", "VGG_PLANS", "vgg_bn", "NoisyVGG", "VGG_CONFIGS", "VGG_NORMS", "Tap", "layer_groups"]
+
+
+# --------------------------------------------------------------------------- open_lth's BN-VGG
+# open_lth's cifar_vgg plans (numbers = channels of a 3x3 conv-BN-ReLU, "M" = 2x2 max-pool),
+# written for width 64; "small" is ours: four stages, fits 28x28 inputs and a CPU.
+VGG_PLANS: dict[str, tuple] = {
+    "small": (64, "M", 128, "M", 256, "M", 512),
+    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
+    "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
+    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512),
+    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512),
+}
+
+
+class VGG(nn.Sequential):
+    """VGG with BN (open_lth's ``cifar_vgg``): conv(bias)-BN-ReLU modules, max-pools,
+    global average pooling and one linear output layer.
+
+    ``width`` scales every stage: the plans are written for 64 channels in the
+    first stage (open_lth), ``width=16`` makes each layer 4x narrower.
+    """
+
+    output_layer_names = ("fc.weight", "fc.bias")
+
+    def __init__(self, plan: str = "vgg11", width: int = 64, num_classes: int = 10,
+                 in_channels: int = 3, norm: str = "bn"):
+        check_choice("plan", plan, tuple(VGG_PLANS))
+        check_choice("norm", norm, NORMS)
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"width={width!r}: the first stage's channel count must be an int >= 1")
+        layers: list[nn.Module] = []
+        current = in_channels
+        for spec in VGG_PLANS[plan]:
+            if spec == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                filters = max(1, spec * width // 64)
+                layers += [nn.Conv2d(current, filters, 3, padding=1), make_norm(norm, filters, 2),
+                           nn.ReLU()]
+                current = filters
+        super().__init__()
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(current, num_classes)
+        self.plan, self.width, self.norm = plan, width, norm
+        kaiming_normal_init(self)
+
+
+def vgg_bn(plan: str = "small", width: int = 64, num_classes: int = 10, in_channels: int = 3,
+           norm: str = "bn") -> VGG:
+    """A BN-VGG (see :class:`VGG`); ``plan="small", width=16`` is the cpu-profile network."""
+    return VGG(plan, width, num_classes, in_channels, norm)
+
+
+# --------------------------------------------------------------------------- the VGG of the ICS chapter
+#: NoisyVGG's norm choices: make_norm's "bn", "bnrepro", "none", and ghost BN.
 VGG_NORMS = ("bn", "bnrepro", "ghost", "none")
-#: Feature layouts: ints are 3x3 conv widths, "M" a 2x2 max-pool.
+#: NoisyVGG's feature layouts (not open_lth's VGG_PLANS): ints are 3x3 conv widths, "M" a 2x2 max-pool.
 VGG_CONFIGS: dict[str, tuple] = {
     # cpu profile: Fashion-MNIST 28x28 -> 14 -> 7 -> 3 after three pools
     "small": (16, "M", 32, "M", 64, 64, "M"),
@@ -34,99 +94,11 @@ VGG_CONFIGS: dict[str, tuple] = {
 }
 
 
-class DistributionNoise(nn.Module):
-    """Additive noise whose distribution is redrawn at every training step.
-
-    At each forward pass in training mode, a mean ``mu ~ U(-mean_max, mean_max)``
-    and a standard deviation ``sigma ~ U(std_min, std_max)`` are drawn for the
-    layer, then every activation of every sample gets its own i.i.d. draw
-    ``N(mu, sigma^2)`` added. So the noise has non-zero mean and non-unit
-    variance, and its distribution moves from step to step: the inputs of the
-    next layer keep shifting however the weights change.
-
-    In eval mode the layer is the identity unless ``in_eval`` is True; then it
-    keeps drawing noise, so that a noisy network is tested as it was trained
-    (its later BN layers' running statistics include the noise).
-
-    :func:`hold_noise` freezes the last draw of every noise layer of a model,
-    so that measurements which evaluate the same batch several times (ICS,
-    landscape) compare like with like.
-    """
-
-    def __init__(self, mean_max: float = 1.0, std_min: float = 0.5, std_max: float = 1.5,
-                 in_eval: bool = False):
-        super().__init__()
-        if mean_max < 0 or std_min < 0 or std_max < std_min:
-            raise ValueError(f"need mean_max >= 0 and 0 <= std_min <= std_max, got "
-                             f"mean_max={mean_max}, std_min={std_min}, std_max={std_max}")
-        self.mean_max, self.std_min, self.std_max = float(mean_max), float(std_min), float(std_max)
-        self.held, self.in_eval = False, bool(in_eval)
-        self.last_mu = self.last_sigma = float("nan")
-        self._last: torch.Tensor | None = None
-
-    def extra_repr(self) -> str:
-        return (f"mu~U(-{self.mean_max:g}, {self.mean_max:g}), "
-                f"sigma~U({self.std_min:g}, {self.std_max:g}), redrawn every step")
-
-    def draw(self, like: torch.Tensor) -> torch.Tensor:
-        """One step's noise for a tensor shaped like ``like`` (updates ``last_mu``/``last_sigma``)."""
-        u = torch.rand(2).tolist()
-        self.last_mu = (2 * u[0] - 1) * self.mean_max
-        self.last_sigma = self.std_min + u[1] * (self.std_max - self.std_min)
-        return torch.randn_like(like) * self.last_sigma + self.last_mu
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training or self.in_eval):
-            return x
-        if not (self.held and self._last is not None and self._last.shape == x.shape):
-            self._last = self.draw(x)
-        return x + self._last
-
-
-@contextlib.contextmanager
-def hold_noise(model: nn.Module):
-    """Within the block every :class:`DistributionNoise` of ``model`` reuses its last draw."""
-    layers = [m for m in model.modules() if isinstance(m, DistributionNoise)]
-    for m in layers:
-        m.held = True
-    try:
-        yield model
-    finally:
-        for m in layers:
-            m.held = False
-
-
-class GhostBatchNorm(nn.BatchNorm2d):
-    """BN whose training statistics come from sub-batches of ``ghost_batch_size`` samples.
-
-    Works for (N, C) and (N, C, H, W) inputs. Each ghost batch is normalised
-    with its own mean and variance and updates the running statistics, so the
-    noise in the statistics is that of a batch of ``ghost_batch_size``.
-    """
-
-    def __init__(self, num_features: int, ghost_batch_size: int = 32, **kwargs):
-        super().__init__(num_features, **kwargs)
-        if ghost_batch_size < 2:
-            raise ValueError(f"ghost_batch_size={ghost_batch_size}: BN needs >= 2 samples per ghost batch")
-        self.ghost_batch_size = int(ghost_batch_size)
-
-    def _check_input_dim(self, input):
-        if input.dim() not in (2, 4):
-            raise ValueError(f"expected a 2D or 4D input, got {input.dim()}D")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or x.shape[0] <= self.ghost_batch_size:
-            return super().forward(x)
-        chunks = list(x.split(self.ghost_batch_size))
-        if len(chunks) > 1 and chunks[-1].shape[0] < 2:  # a 1-sample ghost batch has zero variance
-            chunks[-2] = torch.cat(chunks[-2:])
-            chunks.pop()
-        return torch.cat([super(GhostBatchNorm, self).forward(c) for c in chunks])
-
-
 def _norm(norm: str, channels: int, dim: int, ghost_batch_size: int) -> nn.Module:
     if norm == "ghost":
-        return GhostBatchNorm(channels, ghost_batch_size)
+        # PyTorch's BN kernel on each ghost batch, as the stored ghost-BN runs were computed
+        # (nn.BatchNorm2d on each chunk in turn; tests/test_ghost_vgg.py checks bit for bit).
+        return GhostBatchNorm(channels, ghost_batch_size, torch_kernel=True)
     return make_norm(norm, channels, dim)
 
 
@@ -211,7 +183,3 @@ def layer_groups(model: nn.Module) -> list[list[nn.Parameter]]:
                 groups.append([])
             groups[-1].extend(own)
     return groups
-
-
-__all__ = ["NoisyVGG", "VGG_CONFIGS", "VGG_NORMS", "DistributionNoise", "GhostBatchNorm", "Tap", "hold_noise",
-           "layer_groups"]

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .batchnorm import BatchNorm
+from .batchnorm import is_batchnorm
 
 __all__ = ["BN_INITS", "FREEZINGS", "Trainable", "apply_freezing", "batchnorm_layers",
            "batchnorm_parameter_names", "bn_gammas", "init_batchnorm", "output_layer_names",
@@ -56,15 +56,11 @@ __all__ = ["BN_INITS", "FREEZINGS", "Trainable", "apply_freezing", "batchnorm_la
 
 
 # --------------------------------------------------------------------------- BN layers
-def _is_batchnorm(module: nn.Module) -> bool:
-    """PyTorch BN or the book's own :class:`bnrepro.nn.batchnorm.BatchNorm`, with affine parameters."""
-    is_bn = isinstance(module, (nn.modules.batchnorm._BatchNorm, BatchNorm))  # incl. ghost and sync BN
-    return is_bn and isinstance(getattr(module, "weight", None), nn.Parameter)
-
-
 def batchnorm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every BN layer with a trainable gamma/beta, in model order."""
-    return [(name, m) for name, m in model.named_modules() if _is_batchnorm(m)]
+    """``(name, module)`` of every BN layer (:func:`~bnrepro.nn.batchnorm.is_batchnorm`) with a
+    gamma/beta (affine parameters), in model order."""
+    return [(name, m) for name, m in model.named_modules()
+            if is_batchnorm(m) and isinstance(getattr(m, "weight", None), nn.Parameter)]
 
 
 def batchnorm_parameter_names(model: nn.Module) -> list[str]:

@@ -22,6 +22,13 @@ follow the ghost batches is a choice (``stats_update``):
 * ``"mean"`` -- one update with the average of the ghost batches' statistics
   (what averaging the per-device running statistics across ranks gives, e.g.
   timm's ``distribute_bn(reduce=True)``).
+
+``torch_kernel=True`` runs each ghost batch (and eval mode) through PyTorch's
+own BN kernel, exactly as ``nn.BatchNorm2d`` applied to each chunk in turn,
+instead of the closed form: the same transform, rounded as PyTorch rounds it.
+The ghost-BN VGG of the chapter "Is it internal covariate shift?" uses it
+(``NoisyVGG(norm="ghost")``), so that its stored results, computed with
+PyTorch's kernel, are reproduced bit for bit.
 """
 
 from __future__ import annotations
@@ -29,7 +36,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .batchnorm import (BatchNorm, BatchNormFunction, _check_batch, _convert, is_plain_batchnorm, rebuild_batchnorm)
+from .batchnorm import BatchNorm
+from .closed_form import BatchNormFunction
+from .convert import _convert, is_plain_batchnorm, rebuild_batchnorm
+from .functional import _check_batch
 
 __all__ = ["GhostBatchNorm", "ghost_chunks", "convert_ghost_batchnorm", "STATS_UPDATES"]
 
@@ -63,29 +73,44 @@ class GhostBatchNorm(BatchNorm):
     ``stats_update`` chooses how the running statistics are updated (module
     docstring). ``ghost_batch_size`` is not part of the ``state_dict``, so
     checkpoints load both ways with ``nn.BatchNorm2d`` and :class:`BatchNorm`.
+    ``torch_kernel=True`` normalizes with PyTorch's BN kernel instead of the
+    closed form (module docstring).
     """
 
     def __init__(self, num_features: int, ghost_batch_size: int = 32, eps: float = 1e-5,
                  momentum: float | None = 0.1, affine: bool = True, track_running_stats: bool = True,
-                 device=None, dtype=None, *, bias: bool = True, stats_update: str = "sequential"):
+                 device=None, dtype=None, *, bias: bool = True, stats_update: str = "sequential",
+                 torch_kernel: bool = False):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype, bias=bias)
         ghost_chunks(2, ghost_batch_size)  # validates the size
         if stats_update not in STATS_UPDATES:
             raise ValueError(f"stats_update must be one of {STATS_UPDATES}, got {stats_update!r}")
+        if torch_kernel and stats_update != "sequential":
+            raise ValueError(f"torch_kernel=True runs nn.BatchNorm's forward on each ghost batch, which updates "
+                             f"the running statistics per chunk: it needs stats_update='sequential', "
+                             f"got {stats_update!r}")
         self.ghost_batch_size, self.stats_update = int(ghost_batch_size), stats_update
+        self.torch_kernel = bool(torch_kernel)
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", ghost_batch_size={self.ghost_batch_size}"
-                + ("" if self.stats_update == "sequential" else f", stats_update={self.stats_update!r}"))
+                + ("" if self.stats_update == "sequential" else f", stats_update={self.stats_update!r}")
+                + (", torch_kernel=True" if self.torch_kernel else ""))
+
+    def _plain(self, input: Tensor) -> Tensor:
+        """Plain BN on ``input``: this package's closed form, or PyTorch's kernel (``torch_kernel``)."""
+        if self.torch_kernel:
+            return nn.modules.batchnorm._BatchNorm.forward(self, input)  # nn.BatchNorm2d's forward
+        return super().forward(input)
 
     def forward(self, input: Tensor) -> Tensor:
         if not self.training or input.shape[0] <= self.ghost_batch_size:
-            return super().forward(input)
+            return self._plain(input)
         self._check_input(input)
         chunks = input.split(ghost_chunks(input.shape[0], self.ghost_batch_size))
         if self.stats_update == "sequential" or not self.track_running_stats:
             # Plain BN on each chunk in turn: each updates the running statistics.
-            return torch.cat([super(GhostBatchNorm, self).forward(c) for c in chunks])
+            return torch.cat([self._plain(c) for c in chunks])
         outs, stats = [], []
         for c in chunks:
             _check_batch(c)
@@ -110,7 +135,7 @@ def convert_ghost_batchnorm(model: nn.Module, ghost_batch_size: int,
                             stats_update: str = "sequential") -> nn.Module:
     """Replace every ``nn.BatchNorm1d/2d`` and full-mode :class:`BatchNorm` by a
     :class:`GhostBatchNorm` with the same state; returns the model. Other BN
-    layers are left alone with a warning (see :func:`bnrepro.nn.batchnorm.convert_batchnorm`).
+    layers are left alone with a warning (see :func:`bnrepro.nn.convert.convert_batchnorm`).
 
     Parameters are copied, so build the optimizer after converting.
     """

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..core.config import ConfigError
 from ..core.data_parallel import BN_MODES
-from .batchnorm import BatchNorm
+from .batchnorm import is_batchnorm
 from .ghost import GhostBatchNorm, convert_ghost_batchnorm
 from .sync_bn import SyncBatchNorm, convert_sync_batchnorm
 
@@ -42,8 +42,9 @@ def check_converted(model: nn.Module, mode: str) -> None:
     """Refuse BN layers that ``mode`` could not convert (a model's own ghost or noisy BN): left
     alone they would silently keep their own statistics, so the run would not be what it says."""
     target = SyncBatchNorm if mode == "sync" else GhostBatchNorm
+    # A model's own ghost BN (the VGG's, on PyTorch's kernel) is of the target type but not the mode's.
     odd = sorted({type(m).__name__ for m in model.modules()
-                  if isinstance(m, (nn.modules.batchnorm._BatchNorm, BatchNorm)) and type(m) is not target})
+                  if is_batchnorm(m) and (type(m) is not target or getattr(m, "torch_kernel", False))})
     if odd:
         raise ConfigError(f"bn_mode={mode!r}: the model has BN layers of its own kind ({', '.join(odd)}) that "
                           f"this mode cannot convert; run this config with --bn-mode local")

@@ -33,15 +33,9 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn  # all_reduce with a backward pass
 from torch import Tensor, nn
 
-from .batchnorm import (
-    _LOW_PRECISION,
-    BatchNorm,
-    _channel_shape,
-    _convert,
-    _reduce_dims,
-    is_plain_batchnorm,
-    rebuild_batchnorm,
-)
+from .batchnorm import BatchNorm
+from .closed_form import _LOW_PRECISION, _channel_shape, _reduce_dims
+from .convert import _convert, is_plain_batchnorm, rebuild_batchnorm
 
 __all__ = ["Communication", "TORCH_DISTRIBUTED", "SyncBatchNormFunction", "SyncBatchNorm", "convert_sync_batchnorm",
            "distributed_world_size"]

@@ -1,8 +1,8 @@
-"""The CIFAR ResNet and the BN-VGG of open_lth (Frankle, Schwab & Morcos's code).
+"""The CIFAR ResNet of open_lth (Frankle, Schwab & Morcos's code).
 
-The chapter "Training only BatchNorm" (book/bn_only) trains these networks
-with everything frozen at its random initialisation except BN's gamma and
-beta. The architecture follows open_lth's ``models/cifar_resnet.py`` (He et
+The chapter "Training only BatchNorm" (book/bn_only) trains this network (and
+open_lth's BN-VGG, :mod:`bnrepro.models.vgg`) with everything frozen at its
+random initialisation except BN's gamma and beta. The architecture follows open_lth's ``models/cifar_resnet.py`` (He et
 al. 2016, Section 4.2, with a projection shortcut):
 
 * ResNet-N has N = 6D + 2 layers: one 3x3 convolution, three stages of D
@@ -29,10 +29,9 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .common import NORMS, check_choice, make_norm
+from .common import NORMS, check_choice, kaiming_normal_init, make_norm
 
-__all__ = ["CifarResNet", "VGG", "VGG_PLANS", "cifar_resnet", "kaiming_normal_init",
-           "resnet_blocks_per_stage", "vgg_bn"]
+__all__ = ["CifarResNet", "cifar_resnet", "resnet_blocks_per_stage"]
 
 
 def resnet_blocks_per_stage(depth: int) -> int:
@@ -41,14 +40,6 @@ def resnet_blocks_per_stage(depth: int) -> int:
         raise ValueError(f"depth={depth!r}: a CIFAR ResNet has depth = 6*D + 2 with D >= 1 blocks "
                          f"per stage, e.g. 8, 14, 20, 32, 56, 110 (open_lth's cifar_resnet_N)")
     return (depth - 2) // 6
-
-
-def kaiming_normal_init(model: nn.Module) -> nn.Module:
-    """open_lth's ``kaiming_normal``: N(0, 2 / fan_in) for every conv and linear weight."""
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.kaiming_normal_(m.weight)
-    return model
 
 
 class _Block(nn.Module):
@@ -110,55 +101,3 @@ def cifar_resnet(depth: int, width: int = 16, num_classes: int = 10, in_channels
                  norm: str = "bn") -> CifarResNet:
     """ResNet-``depth`` (depth = 6D + 2) with stage widths W, 2W, 4W; see :class:`CifarResNet`."""
     return CifarResNet(depth, width, num_classes, in_channels, norm)
-
-
-# open_lth's cifar_vgg plans (numbers = channels of a 3x3 conv-BN-ReLU, "M" = 2x2 max-pool),
-# written for width 64; "small" is ours: four stages, fits 28x28 inputs and a CPU.
-VGG_PLANS: dict[str, tuple] = {
-    "small": (64, "M", 128, "M", 256, "M", 512),
-    "vgg11": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
-    "vgg13": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512),
-    "vgg16": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512),
-    "vgg19": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-              512, 512, 512, 512),
-}
-
-
-class VGG(nn.Sequential):
-    """VGG with BN (open_lth's ``cifar_vgg``): conv(bias)-BN-ReLU modules, max-pools,
-    global average pooling and one linear output layer.
-
-    ``width`` scales every stage: the plans are written for 64 channels in the
-    first stage (open_lth), ``width=16`` makes each layer 4x narrower.
-    """
-
-    output_layer_names = ("fc.weight", "fc.bias")
-
-    def __init__(self, plan: str = "vgg11", width: int = 64, num_classes: int = 10,
-                 in_channels: int = 3, norm: str = "bn"):
-        check_choice("plan", plan, tuple(VGG_PLANS))
-        check_choice("norm", norm, NORMS)
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise ValueError(f"width={width!r}: the first stage's channel count must be an int >= 1")
-        layers: list[nn.Module] = []
-        current = in_channels
-        for spec in VGG_PLANS[plan]:
-            if spec == "M":
-                layers.append(nn.MaxPool2d(2, 2))
-            else:
-                filters = max(1, spec * width // 64)
-                layers += [nn.Conv2d(current, filters, 3, padding=1), make_norm(norm, filters, 2),
-                           nn.ReLU()]
-                current = filters
-        super().__init__()
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(current, num_classes)
-        self.plan, self.width, self.norm = plan, width, norm
-        kaiming_normal_init(self)
-
-
-def vgg_bn(plan: str = "small", width: int = 64, num_classes: int = 10, in_channels: int = 3,
-           norm: str = "bn") -> VGG:
-    """A BN-VGG (see :class:`VGG`); ``plan="small", width=16`` is the cpu-profile network."""
-    return VGG(plan, width, num_classes, in_channels, norm)
