@@ -19,7 +19,6 @@ fail, the result is written to a rescue folder and the error says where.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -27,14 +26,13 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Any
 
 from .config import ExperimentConfig, config_hash
 from .data_parallel import DataParallel
 from .provenance import REPO_ROOT
+from .results import FORMAT_VERSION, Result
 
 RESULTS_ENV = "BNREPRO_RESULTS"
-FORMAT_VERSION = 1
 #: A temporary file of a save older than this (seconds) is left over from a killed save: a save
 #: writes a few kB and renames it at once, so no live save is anywhere near this old.
 STALE_TMP_S = 600.0
@@ -49,32 +47,6 @@ def results_dir() -> Path:
         return REPO_ROOT / "results"
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return cache / "bnrepro" / "results"
-
-
-@dataclasses.dataclass
-class Result:
-    """One finished run: its config, what it measured, and its provenance.
-
-    ``data`` holds the measurements as JSON-able values (numbers, strings,
-    lists, dicts); ``loaded`` says whether it came from the store.
-    """
-
-    experiment: str
-    config: dict[str, Any]
-    data: dict[str, Any]
-    provenance: dict[str, Any]
-    config_hash: str = ""
-    loaded: bool = False
-    parallel: dict[str, Any] | None = None  # bnrepro.core.data_parallel.DataParallel of the run (None: one process)
-
-    def __getitem__(self, key):
-        return self.data[key]
-
-    def to_json(self) -> dict:
-        return {"format": FORMAT_VERSION, "complete": True, "experiment": self.experiment,
-                "config_hash": self.config_hash, "config": self.config,
-                "provenance": self.provenance, "data": self.data,
-                **({"parallel": self.parallel} if self.parallel is not None else {})}
 
 
 class CorruptResult(Exception):
@@ -235,7 +207,7 @@ def read(path: Path, cfg: ExperimentConfig | None = None, parallel=None) -> Resu
         if (stored if stored is not None else _spec(None).to_dict()) != spec.to_dict():
             raise CorruptResult(f"made with another data-parallel setting ({stored})")
     return Result(blob["experiment"], blob["config"], blob["data"], blob["provenance"],
-                  blob["config_hash"], loaded=True, parallel=blob.get("parallel"))
+                  blob["config_hash"], loaded=True, parallel=blob.get("parallel"), source=str(path))
 
 
 def load(cfg: ExperimentConfig, root: Path | None = None, verbose: bool = False,
