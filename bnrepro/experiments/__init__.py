@@ -32,7 +32,8 @@ _REGISTRY: dict[str, Experiment] = {}
 def register(config: type[ExperimentConfig], run: Callable, sweep: Callable | None = None, *,
              data_parallel: bool = False) -> None:
     """Add an experiment. ``data_parallel=True`` says that its run trains through
-    :func:`bnrepro.training.loop.train`, so that it can run over several processes (:mod:`bnrepro.distributed.parallel`)."""
+    :func:`bnrepro.training.loop.train`, so that it can run over several processes
+    (:mod:`bnrepro.distributed.parallel`)."""
     name = config.experiment
     _REGISTRY[name] = Experiment(name, config, run,
                                  sweep or (lambda profile: [config.for_profile(profile)]),

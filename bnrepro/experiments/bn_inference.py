@@ -24,13 +24,13 @@ import time
 
 import torch
 
-from ..measure.basics import bn_layers, bn_statistics, recalibrate_bn
 from ..core.config import ExperimentConfig, require
-from ..data.datasets import DATASETS, load_dataset, require_subset
 from ..core.device import get_device
-from ..models import INITS
 from ..core.provenance import provenance
 from ..core.store import Result
+from ..data.datasets import DATASETS, load_dataset, require_subset
+from ..measure.basics import bn_layers, bn_statistics, recalibrate_bn
+from ..models import INITS
 from ..training.loop import evaluate, train
 from . import register
 from .lenet import build_lenet

@@ -33,13 +33,21 @@ import torch
 import torch.nn.functional as F
 
 from ..core.config import ExperimentConfig, require
-from ..data.datasets import DATASETS, load_dataset, random_crop_flip, require_subset
 from ..core.device import get_device
-from ..nn.freeze import (BN_INITS, FREEZINGS, apply_freezing, batchnorm_layers, batchnorm_parameter_names, bn_gammas, init_batchnorm)
-from ..models import count_parameters
-from ..models.cifar import VGG_PLANS, cifar_resnet, resnet_blocks_per_stage, vgg_bn
 from ..core.provenance import provenance
 from ..core.store import Result
+from ..data.datasets import DATASETS, load_dataset, random_crop_flip, require_subset
+from ..models import count_parameters
+from ..models.cifar import VGG_PLANS, cifar_resnet, resnet_blocks_per_stage, vgg_bn
+from ..nn.freeze import (
+    BN_INITS,
+    FREEZINGS,
+    apply_freezing,
+    batchnorm_layers,
+    batchnorm_parameter_names,
+    bn_gammas,
+    init_batchnorm,
+)
 from ..training.loop import OPTIMIZERS, SCHEDULES, evaluate, train
 from . import register
 

@@ -35,11 +35,11 @@ import torch
 from torch import nn
 
 from ..core.config import ExperimentConfig, require
-from ..data.datasets import DATASETS, DataNotFoundError, load_dataset, require_subset
 from ..core.device import cpu_threads, get_device
-from ..models import ACTIVATIONS, MLP, NORMS, count_parameters
 from ..core.provenance import provenance
 from ..core.store import Result
+from ..data.datasets import DATASETS, DataNotFoundError, load_dataset, require_subset
+from ..models import ACTIVATIONS, MLP, NORMS, count_parameters
 from ..training.loop import StepState, train
 from . import register
 

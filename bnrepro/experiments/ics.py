@@ -22,15 +22,15 @@ import time
 import torch
 
 from ..core.config import ExperimentConfig, require
-from ..data.datasets import load_dataset, require_subset
-from ..measure.decoupling import (decoupled_gd, gd, least_squares, linear_rate, logistic_regression, scale_invariant_gd)
 from ..core.device import get_device
+from ..core.provenance import provenance
+from ..core.store import Result
+from ..data.datasets import load_dataset, require_subset
+from ..measure.decoupling import decoupled_gd, gd, least_squares, linear_rate, logistic_regression, scale_invariant_gd
 from ..measure.ics import DeepLinearNet, activation_probe, gaussian_classification, ics_callback
 from ..measure.landscape import DEFAULT_STEP_SIZES, landscape_callback
 from ..models import NoisyVGG, count_parameters
 from ..models.vgg import VGG_CONFIGS
-from ..core.provenance import provenance
-from ..core.store import Result
 from ..training.loop import evaluate, train
 from . import register
 

@@ -19,11 +19,11 @@ import time
 import torch
 
 from ..core.config import ExperimentConfig, require
-from ..data.datasets import DATASETS, load_dataset, require_subset
 from ..core.device import get_device
-from ..models import INITS, NORMS, LeNet, count_parameters, init_weights
 from ..core.provenance import provenance
 from ..core.store import Result
+from ..data.datasets import DATASETS, load_dataset, require_subset
+from ..models import INITS, NORMS, LeNet, count_parameters, init_weights
 from ..training.loop import train
 from . import register
 

@@ -26,9 +26,9 @@ import time
 import torch
 
 from ..core.config import ExperimentConfig, require
-from ..distributed.launch import bn_steps, launch, reference_bn_steps
 from ..core.provenance import provenance
 from ..core.store import Result
+from ..distributed.launch import bn_steps, launch, reference_bn_steps
 from . import register
 
 

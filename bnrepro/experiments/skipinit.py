@@ -22,14 +22,13 @@ import time
 import torch
 
 from ..core.config import ExperimentConfig, require
-from ..data.datasets import DATASETS, load_dataset
-from ..core.device import get_device
-from ..models import LinearResNet, ResNet
+from ..core.device import cpu_threads, get_device
 from ..core.provenance import provenance
-from ..measure.path_depth import path_depth_distribution
-from ..core.device import cpu_threads
-from ..measure.resnet_variance import MC_MODES, block_variances, path_variance_mc
 from ..core.store import Result
+from ..data.datasets import DATASETS, load_dataset
+from ..measure.path_depth import path_depth_distribution
+from ..measure.resnet_variance import MC_MODES, block_variances, path_variance_mc
+from ..models import LinearResNet, ResNet
 from . import register
 
 
