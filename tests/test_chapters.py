@@ -52,3 +52,27 @@ def test_the_scorecard_reads_the_chapters_in_book_order(monkeypatch):
     assert list(table["doc"]) == [doc for doc, _, _ in CHAPTERS]
     assert list(table["chapter"]) == [title for _, title, _ in CHAPTERS]
     assert scorecard.counts(table)["reproduced"] == len(CHAPTERS)
+
+
+def test_experiments_know_nothing_of_chapters_or_the_scorecard():
+    """Chapters read experiments; an experiment never imports a chapter or the scorecard back
+    (not even inside a function)."""
+    from test_layering import import_graph
+
+    graph = import_graph()
+    up = sorted(f"{m} imports {d}" for m, deps in graph.items() if m.startswith("bnrepro.experiments")
+                for d in deps if d.startswith(("bnrepro.chapters", "bnrepro.scorecard")))
+    assert up == []
+
+
+def test_chapters_name_their_sweeps_and_load_through_the_runner():
+    """No chapter goes through the experiment registry, or around the runner to the store's loader."""
+    import ast
+
+    for _, _, module in CHAPTERS:
+        path = REPO / "bnrepro" / "chapters" / f"{module}.py"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = {a.name for a in node.names}
+                assert not (node.module == "experiments" and node.level == 2 and "get_experiment" in names), path
+                assert not (node.module == "core.store" and "load_or_run" in names), path
