@@ -1,44 +1,19 @@
 """The reproduction scorecard: every chapter's claims in one table.
 
-Each chapter registers a function ``claims(profile, device) -> list[Claim]``
-that loads (or runs) the experiments it reads through the results store and
-scores them; the chapter's notebook and the scorecard page call the same
-function, so the two can never disagree and nothing is typed in.
+Each chapter module (:mod:`bnrepro.chapters`) has ``claims(profile,
+device=None) -> list[Claim]``, which loads (or runs) the experiments it reads
+through the results store and scores them; the chapter's notebook and the
+scorecard page score the same runs with the same code, so the two can never
+disagree and nothing is typed in. The chapters and their order come from
+:data:`bnrepro.chapters.CHAPTERS`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import pkgutil
-from typing import Callable
+from .chapters import Chapter, chapters
+from .core.claims import VERDICTS
 
-from .core.claims import VERDICTS, Claim
-
-
-@dataclasses.dataclass(frozen=True)
-class Chapter:
-    doc: str          # the chapter's page, e.g. "book/lenet"
-    title: str
-    order: int        # position in the book
-    claims: Callable[..., list[Claim]]
-
-
-_CHAPTERS: dict[str, Chapter] = {}
-
-
-def register_chapter(doc: str, title: str, order: int, claims: Callable[..., list[Claim]]) -> None:
-    _CHAPTERS[doc] = Chapter(doc, title, order, claims)
-
-
-def chapters() -> list[Chapter]:
-    """Every registered chapter, in book order (importing all experiment modules registers them)."""
-    from . import experiments
-
-    for info in pkgutil.iter_modules(experiments.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{experiments.__name__}.{info.name}")
-    return sorted(_CHAPTERS.values(), key=lambda c: c.order)
+__all__ = ["Chapter", "chapters", "collect", "counts"]
 
 
 def collect(profile: str, device=None):

@@ -221,8 +221,8 @@ def _check_chapter_claims(claims, results):
 
 @needs_fashion_mnist
 def test_first_principles_chapter_claims_tiny(tmp_results, monkeypatch):
-    """chapter_claims on a tiny bn_inference sweep (4 steps a run): Claims with verdicts,
-    registered with the scorecard."""
+    """The chapter's claims on a tiny bn_inference sweep (4 steps a run): Claims with verdicts,
+    listed for the scorecard."""
     from bnrepro import scorecard
     from bnrepro.chapters import bn_first_principles as first_principles
     from bnrepro.experiments import bn_inference
@@ -232,23 +232,22 @@ def test_first_principles_chapter_claims_tiny(tmp_results, monkeypatch):
                                                epochs=1, checkpoints=(1, 2), calib_batch_size=128)
                 for lr in bn_inference.LRS]
 
-    monkeypatch.setattr(bn_inference, "sweep", tiny_sweep)
+    monkeypatch.setattr(first_principles, "sweep", tiny_sweep)  # the sweep the chapter loads
     threads = torch.get_num_threads()
     with cpu_threads():            # tiny runs: 10x faster on a busy 2-core CPU
-        claims = first_principles.chapter_claims("smoke")
-        results = bn_inference.load_sweep("smoke", verbose=False)
+        claims = first_principles.claims("smoke")
+        results = first_principles.load("smoke", verbose=False)
     assert torch.get_num_threads() == threads
     assert len(list(tmp_results.glob("bn_inference/*.json"))) == 2  # stored, then loaded
     _check_chapter_claims(claims, results)
-    chapter = scorecard._CHAPTERS["book/bn_first_principles"]
-    assert chapter.claims is first_principles.chapter_claims and chapter.order == 20
+    chapter = {c.doc: c for c in scorecard.chapters()}["book/bn_first_principles"]
+    assert chapter.claims is first_principles.claims
 
 
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_first_principles_chapter_claims_smoke(tmp_results):
     from bnrepro.chapters import bn_first_principles as first_principles
-    from bnrepro.experiments import bn_inference
 
-    claims = first_principles.chapter_claims("smoke")
-    _check_chapter_claims(claims, bn_inference.load_sweep("smoke", verbose=False))
+    claims = first_principles.claims("smoke")
+    _check_chapter_claims(claims, first_principles.load("smoke", verbose=False))

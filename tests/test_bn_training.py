@@ -8,14 +8,15 @@ import torch
 from torch import nn
 
 from bnrepro import scorecard
+from bnrepro.chapters import bn_training as chapter
+from bnrepro.chapters.bn_training import median_drift, outcome, steps_to_reach
 from bnrepro.core.claims import VERDICTS, Claim
 from bnrepro.core.config import ConfigError
+from bnrepro.core.store import Result
 from bnrepro.data.datasets import DataNotFoundError, TensorData
 from bnrepro.experiments import bn_training as bt
-from bnrepro.experiments.bn_training import (BNTrainingConfig, SigmoidInputProbe, build_network,
-                                             hidden_blocks, median_drift, outcome, steps_to_reach)
+from bnrepro.experiments.bn_training import BNTrainingConfig, SigmoidInputProbe, build_network, hidden_blocks
 from bnrepro.nn.batchnorm import BatchNorm
-from bnrepro.core.store import Result
 from bnrepro.training.loop import evaluate, train
 from conftest import needs_fashion_mnist
 
@@ -294,7 +295,7 @@ def test_claims_on_synthetic_runs(monkeypatch):
     """Each claim reads the right runs and applies its rule: known inputs, hand-computed outputs."""
     monkeypatch.setattr(bt, "mnist_available", lambda: False)
     g = bt.groups("smoke")  # Fashion-MNIST: target X = 0.85; budget 100 steps
-    assert bt.TARGET_ACC[g["lr"][0].dataset] == 0.85 and g["lr"][0].steps == 100
+    assert chapter.TARGET_ACC[g["lr"][0].dataset] == 0.85 and g["lr"][0].steps == 100
     results = {c.hash(): fake_result(c, final=0.5) for cfgs in g.values() for c in cfgs}
 
     def put(group, final, reach=None, drift=0.0, **where):
@@ -316,7 +317,7 @@ def test_claims_on_synthetic_runs(monkeypatch):
     results[ablation["no bias before BN"].hash()] = fake_result(ablation["no bias before BN"], 0.878, reach=40)
     results[ablation["BN + dropout 0.2"].hash()] = fake_result(ablation["BN + dropout 0.2"], 0.90, reach=40)
 
-    got = {c.id: c for c in bt.claims(results, "smoke")}
+    got = {c.id: c for c in chapter.score(results, "smoke")}
     assert list(got) == CLAIM_IDS
     expected = {  # id: (ours, verdict)
         "bn-fewer-steps": (80 / 40, "reproduced"),            # >= 2
@@ -341,7 +342,7 @@ def test_claims_on_synthetic_runs(monkeypatch):
 
     # a faster arm that misses X in some seed makes the speed-up undefined: not reproduced
     put("lr", 0.80, drift=0.1, norm="bn", lr_mult=1.0)
-    got = {c.id: c for c in bt.claims(results, "smoke")}
+    got = {c.id: c for c in chapter.score(results, "smoke")}
     assert math.isnan(got["bn-fewer-steps"].ours) and got["bn-fewer-steps"].verdict == "not reproduced"
     assert got["bn-x5-faster"].ours == pytest.approx(100 / 20)  # x1 now counts with its budget
 
@@ -350,17 +351,17 @@ def test_bias_gradient_check_is_exact_and_keeps_the_global_rng():
     torch.manual_seed(123)
     expected_next = torch.rand(3)
     torch.manual_seed(123)
-    check = bt.bias_gradient_check(small_cfg())
+    check = chapter.bias_gradient_check(small_cfg())
     assert torch.equal(torch.rand(3), expected_next)
     assert check["max_out_gap"] < 1e-12 and check["max_bias_grad"] < 1e-12 < 1e-6 < check["max_weight_grad"]
-    assert check == bt.bias_gradient_check(small_cfg())  # deterministic
+    assert check == chapter.bias_gradient_check(small_cfg())  # deterministic
 
 
 @needs_fashion_mnist
-def test_chapter_claims_smoke_runs_stores_and_registers(tmp_results, monkeypatch):
+def test_chapter_claims_smoke_runs_stores_and_is_listed(tmp_results, monkeypatch):
     """What the scorecard calls: the smoke sweep is run into the store, scored, and loads back the same."""
     monkeypatch.setattr(bt, "mnist_available", lambda: False)
-    claims = bt.chapter_claims("smoke")
+    claims = chapter.claims("smoke")
     assert [c.id for c in claims] == CLAIM_IDS
     for c in claims:
         assert isinstance(c, Claim) and c.verdict in VERDICTS
@@ -369,9 +370,9 @@ def test_chapter_claims_smoke_runs_stores_and_registers(tmp_results, monkeypatch
     assert all(c.scale.startswith("smoke profile") for c in claims if c.id != "bias-gradient-zero")
     stored = list((tmp_results / "bn_training").glob("*.json"))
     assert len(stored) == len(bt.sweep("smoke"))
-    assert [c.row() for c in bt.chapter_claims("smoke")] == [c.row() for c in claims]  # loaded, identical
-    chapter = scorecard._CHAPTERS["book/bn_training"]
-    assert chapter.claims is bt.chapter_claims and chapter.order == 30
+    assert [c.row() for c in chapter.claims("smoke")] == [c.row() for c in claims]  # loaded, identical
+    listed = {c.doc: c for c in scorecard.chapters()}["book/bn_training"]
+    assert listed.claims is chapter.claims
 
 # Tiny tensors: one intra-op thread is faster, and far faster on a busy shared CPU.
 pytestmark = pytest.mark.usefixtures("one_thread")

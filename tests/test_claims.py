@@ -2,7 +2,18 @@ import math
 
 import pytest
 
-from bnrepro.core.claims import (NOT_REPRODUCED, PARTLY, REPRODUCED, Claim, at_least, at_most, between, claims_table, verdict_counts, within)
+from bnrepro.core.claims import (
+    NOT_REPRODUCED,
+    PARTLY,
+    REPRODUCED,
+    Claim,
+    at_least,
+    at_most,
+    between,
+    claims_table,
+    verdict_counts,
+    within,
+)
 
 
 @pytest.mark.parametrize("rule,ours,expected", [

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from bnrepro.data import datasets as data_mod
 from bnrepro.cli import main
+from bnrepro.data import datasets as data_mod
 
 
 def test_console_script_help():

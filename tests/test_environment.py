@@ -1,9 +1,9 @@
 """The conda environment and the pip pins must describe the same environment."""
 
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]

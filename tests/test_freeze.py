@@ -8,12 +8,21 @@ from torch import nn
 
 from bnrepro.core.config import ConfigError
 from bnrepro.data.datasets import TensorData
-from bnrepro.nn.freeze import (BN_INITS, FREEZINGS, apply_freezing, batchnorm_parameter_names, bn_gammas, init_batchnorm, train_all, train_only_bn, train_only_output, train_random_per_channel)
 from bnrepro.models import MODELS, build_model, cifar_resnet, vgg_bn
+from bnrepro.nn.freeze import (
+    BN_INITS,
+    FREEZINGS,
+    apply_freezing,
+    batchnorm_parameter_names,
+    bn_gammas,
+    init_batchnorm,
+    train_all,
+    train_only_bn,
+    train_only_output,
+    train_random_per_channel,
+)
 from bnrepro.training.loop import train
-
 from conftest import needs_fashion_mnist
-
 
 # Tiny tensors: one intra-op thread is faster, and far faster on a busy shared CPU.
 pytestmark = pytest.mark.usefixtures("one_thread")

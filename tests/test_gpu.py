@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from bnrepro.data import Batches
 from bnrepro.core.device import get_device
+from bnrepro.data import Batches
 from bnrepro.models import LeNet
 from bnrepro.training.loop import train
 

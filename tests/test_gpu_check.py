@@ -7,19 +7,18 @@ import time
 import pytest
 import torch
 
-from bnrepro.gpu import report as gpu_report
 from bnrepro.cli import main
 from bnrepro.core.config import ConfigError
+from bnrepro.core.store import Result, save
 from bnrepro.experiments import Experiment, list_experiments
 from bnrepro.experiments.lenet import LeNetConfig
+from bnrepro.gpu import report as gpu_report
 from bnrepro.gpu.check import TOTAL_S, Plan, data_stand_ins, plan_for, run_check
-from bnrepro.gpu.slices import (CPU_ONLY, STATUSES, compare_losses, overlaps, pick_config, planned_steps, run_slice)
-from bnrepro.models import LeNet
-from bnrepro.core.store import Result, save
+from bnrepro.gpu.slices import CPU_ONLY, STATUSES, compare_losses, overlaps, pick_config, planned_steps, run_slice
 from bnrepro.gpu.timebox import HARD_LIMIT, SOFT_BUDGET, STEP_CAP, BoxClosed, StepBox, hard_limit
+from bnrepro.models import LeNet
 from bnrepro.training.loop import _OBSERVERS, observe, train
 from conftest import REPO
-
 from test_train import toy_data
 
 

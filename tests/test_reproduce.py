@@ -7,10 +7,8 @@ re-runs one with today's code and compares it with what is stored.
 import math
 from pathlib import Path
 
-import pytest
-
-from bnrepro.experiments.lenet import LeNetConfig, run
 from bnrepro.core.store import path_for, read
+from bnrepro.experiments.lenet import LeNetConfig, run
 from conftest import needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,11 +7,17 @@ import pytest
 import torch
 
 from bnrepro.core.config import ConfigError
+from bnrepro.measure.path_depth import (
+    brute_force_distribution,
+    expected_path_depth,
+    harmonic,
+    headline,
+    path_depth_distribution,
+    share_within,
+)
+from bnrepro.measure.resnet_variance import block_variances, path_variance_mc
 from bnrepro.models import MODELS, LinearResNet, ResNet, residual_blocks
 from bnrepro.models.resnet import VARIANTS, resolve_alpha
-from bnrepro.measure.path_depth import (brute_force_distribution, expected_path_depth, harmonic, headline, path_depth_distribution, share_within)
-from bnrepro.measure.resnet_variance import block_variances, path_variance_mc
-
 
 # Tiny tensors: one intra-op thread is faster, and far faster on a busy shared CPU.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -207,7 +213,8 @@ def test_divergence_is_recorded_not_raised(monkeypatch):
     from bnrepro.experiments import skipinit_train
 
     g = torch.Generator().manual_seed(0)
-    fake = TensorData("fashion-mnist", torch.randn(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g),
+    fake = TensorData("fashion-mnist", torch.randn(64, 1, 28, 28, generator=g),
+                      torch.randint(0, 10, (64,), generator=g),
                       torch.randn(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g),
                       [str(i) for i in range(10)], "random tensors", (0.0,), (1.0,))
     monkeypatch.setattr(skipinit_train, "load_dataset", lambda *a, **k: fake)
@@ -245,9 +252,9 @@ def _synthetic_results():
 
 
 def test_claims_from_synthetic_results():
-    from bnrepro.experiments.skipinit import claims
+    from bnrepro.chapters.skipinit import score
 
-    got = {c.id: c for c in claims(_synthetic_results(), "smoke")}
+    got = {c.id: c for c in score(_synthetic_results(), "smoke")}
     expected = {  # values worked out by hand from the synthetic runs above
         "paths-97pct": (share_within(10_000, 15), "partly"),
         "paths-97pct-stem-counted": (share_within(10_000, 15, stem_variance=0.0), "reproduced"),
@@ -266,10 +273,10 @@ def test_claims_from_synthetic_results():
     assert "at 100 layers" in got["skipinit-1000"].statement and "batch 256" in got["bn-lr-large-batch"].statement
 
 
-def test_chapter_claims_at_smoke_and_registered(tmp_results):
+def test_chapter_claims_at_smoke_and_listed(tmp_results):
     from bnrepro import scorecard
+    from bnrepro.chapters.skipinit import claims as chapter_claims
     from bnrepro.core.claims import VERDICTS, Claim
-    from bnrepro.experiments.skipinit import chapter_claims
 
     claims = chapter_claims("smoke")
     assert len(claims) == 9 and all(isinstance(c, Claim) for c in claims)

@@ -1,14 +1,14 @@
-"""The claims of the chapter "Batch normalization from first principles", computed.
+"""The chapter "Batch normalization from first principles": its runs, checks and claims.
 
 ``book/bn_first_principles.ipynb`` derives BN from scratch in the open and
 demonstrates each point inline. This module recomputes every number its
 claims table needs with the package's own code -- :mod:`bnrepro.nn.batchnorm` against
 PyTorch, the measurements of :mod:`bnrepro.measure`, the stored runs of the ``bn_inference``
-experiment -- and :func:`chapter_claims` scores them. The chapter's claims
-table and the scorecard page both call :func:`chapter_claims` (registered in
-:mod:`bnrepro.experiments.bn_inference`), so the two can never disagree.
-Every rule and threshold was fixed before computing; the chapter's "Claims"
-section states them in prose.
+experiment (:func:`load`, tabulated by :func:`checkpoint_table` and
+:func:`gap_summary`) -- and :func:`score` scores them. The chapter's claims
+table and the scorecard page (through :func:`claims`) score the same numbers
+with the same code, so the two can never disagree. Every rule and threshold
+was fixed before computing; the chapter's "Claims" section states them in prose.
 
 The exact checks use the chapter's shapes and seeds, so they give the same
 numbers as its inline demonstrations; the global random state is left as it was.
@@ -16,17 +16,19 @@ numbers as its inline demonstrations; the global random state is left as it was.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import batchnorm as bnr
+from ..core.claims import Claim, at_least, at_most
+from ..core.device import cpu_threads
+from ..core.store import Result
+from ..experiments.bn_inference import sweep
 from ..measure.bias_explosion import bias_explosion
 from ..measure.feature_scaling import feature_scaling_regression
 from ..measure.speed import bn_speed
-from ..core.claims import Claim, at_least, at_most
-from ..core.device import cpu_threads
+from ..nn import batchnorm as bnr
+from ..runner import load_or_run
 
 IS = "Ioffe & Szegedy 2015"
 SHAPES = ((32, 5), (16, 3, 6, 6))        # a fully connected and a convolutional activation
@@ -233,6 +235,61 @@ def keras_deviation(batches: int = 200, m: int = 16, channels: int = 1000, seed:
     return max(max_abs(layer.running_mean, mean), max_abs(layer.running_var, var))
 
 
+# ------------------------------------------------------------------ the bn_inference runs (part 3)
+def load(profile: str, device=None, verbose: bool = True) -> list[Result]:
+    """Every run of the ``bn_inference`` sweep, from the results store (run if missing)."""
+    return [load_or_run(cfg, device=device, verbose=verbose) for cfg in sweep(profile)]
+
+
+EARLY_STEPS = 10        # "early": the running averages still remember their (0, 1) start
+LATE_FRACTION = 0.2     # "late": checkpoints from 20% of the run on
+
+
+def checkpoint_table(results: list[Result]):
+    """One row per (run, checkpoint): lr, seed, step, the three accuracies and losses, and
+    ``gap`` = accuracy with population statistics minus with running averages."""
+    import pandas as pd
+
+    ckpt = pd.DataFrame([{"lr": r.config["lr"], "seed": r.config["seed"],
+                          **{k: v for k, v in c.items() if k != "layers"}}
+                         for r in results for c in r["checkpoints"]])
+    ckpt["gap"] = ckpt["acc_population"] - ckpt["acc_running"]
+    return ckpt
+
+
+def gap_summary(ckpt):
+    """Per learning rate: the early gap, the late gap (mean over each run's late checkpoints,
+    then over seeds), the share of late checkpoints with a positive gap, and the spread
+    (std) of the late test accuracy of one run with each kind of statistics."""
+    import pandas as pd
+
+    early = ckpt[ckpt["step"] <= EARLY_STEPS]
+    late = ckpt[ckpt["step"] >= LATE_FRACTION * ckpt["step"].max()]
+    per_run = late.groupby(["lr", "seed"]).agg(
+        late_gap=("gap", "mean"), positive=("gap", lambda g: (g > 0).mean()),
+        std_running=("acc_running", "std"), std_population=("acc_population", "std"))
+    return pd.DataFrame({
+        "early gap (steps <= 10)": early.groupby("lr")["gap"].mean(),
+        "late gap (steps >= 20% of run)": per_run.groupby("lr")["late_gap"].mean(),
+        "share of late checkpoints with gap > 0": per_run.groupby("lr")["positive"].mean(),
+        "late accuracy std, running": per_run.groupby("lr")["std_running"].mean(),
+        "late accuracy std, population": per_run.groupby("lr")["std_population"].mean(),
+    })
+
+
+def gap_numbers(ckpt) -> dict[str, float]:
+    """The numbers the chapter quotes and scores: the early gap over every
+    run, and the late gap, share of positive late gaps and late accuracy spreads at lr 1.0
+    (``*_high``) and lr 0.1 (``*_low``)."""
+    gaps = gap_summary(ckpt)
+    late = "late gap (steps >= 20% of run)"
+    return {"early_gap": float(ckpt.loc[ckpt["step"] <= EARLY_STEPS, "gap"].mean()),
+            "late_gap_high": float(gaps.loc[1.0, late]), "late_gap_low": float(gaps.loc[0.1, late]),
+            "late_pos_high": float(gaps.loc[1.0, "share of late checkpoints with gap > 0"]),
+            "std_run": float(gaps.loc[1.0, "late accuracy std, running"]),
+            "std_pop": float(gaps.loc[1.0, "late accuracy std, population"])}
+
+
 def measure_speed(profile: str) -> dict:
     """:func:`bnrepro.measure.speed.bn_speed` on :data:`SPEED_SHAPE`, one CPU thread, few repeats
     (about a second): quick enough for the scorecard, noisy by some tens of percent."""
@@ -243,11 +300,8 @@ def quantities(profile: str, device=None, speed: dict | None = None) -> dict:
     """Every number the claims read (a few seconds on a CPU, plus the ``bn_inference`` sweep
     if it is not stored). ``speed``: a :func:`measure_speed` result to reuse (the chapter
     passes the one it shows), else measured here."""
-    from ..experiments import bn_inference
-
-    inference = bn_inference.load_sweep(profile, device, verbose=False)
-    q = {"speed": speed or measure_speed(profile),
-         **bn_inference.gap_numbers(bn_inference.checkpoint_table(inference))}
+    inference = load(profile, device, verbose=False)
+    q = {"speed": speed or measure_speed(profile), **gap_numbers(checkpoint_table(inference))}
     with cpu_threads():
         q.update(derivation_dev=backward_deviation(), package_dev=package_deviation(),
                  conv_fc_dev=conv_fc_deviation(), var_gap=running_var_gap(),
@@ -258,7 +312,7 @@ def quantities(profile: str, device=None, speed: dict | None = None) -> dict:
     return q
 
 
-def claims(q: dict, profile: str) -> list[Claim]:
+def score(q: dict, profile: str) -> list[Claim]:
     """The chapter's claims: :func:`quantities` scored by rules fixed before computing."""
     scale = f"{profile} profile, CPU, float64 for identities unless noted"
     f32 = f"{profile} profile, float32"
@@ -317,6 +371,7 @@ def claims(q: dict, profile: str) -> list[Claim]:
     ]
 
 
-def chapter_claims(profile: str, device=None, speed: dict | None = None) -> list[Claim]:
-    """The chapter's claims table and the scorecard's entry for it."""
-    return claims(quantities(profile, device, speed), profile)
+def claims(profile: str, device=None) -> list[Claim]:
+    """The chapter's claims at ``profile``: the scorecard's entry point (the chapter itself
+    calls ``score(quantities(profile, device, speed), profile)`` with the speed it shows)."""
+    return score(quantities(profile, device), profile)

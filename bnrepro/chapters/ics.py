@@ -1,10 +1,11 @@
-"""Tables, summary numbers and scored claims of the chapter "Is it internal covariate shift?".
+"""The chapter "Is it internal covariate shift?": its runs, tables and scored claims.
 
-The experiments live in :mod:`bnrepro.experiments.ics`; this module turns
-their stored results into pandas tables and the chapter's claims, so that
-the chapter (``book/ics.ipynb``) and the book's scorecard compute the same
-verdicts from the same code. Every rule was fixed before the runs; the
-chapter's prose states them.
+The experiments live in :mod:`bnrepro.experiments.ics`; this module loads
+their stored results (:func:`load`), turns them into pandas tables and the
+numbers the chapter quotes (:func:`summarize`) and scores those
+(:func:`score`), so that the chapter (``book/ics.ipynb``) and the book's
+scorecard (through :func:`claims`) compute the same verdicts from the same
+code. Every rule was fixed before the runs; the chapter's prose states them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 from ..core.claims import Claim, at_least, at_most, within
+from ..experiments.ics import sweep_decoupling, sweep_dln, sweep_ghost, sweep_noisy_bn
 from ..measure.ics import distribution_drift
+from ..runner import load_or_run
 
 ARM_ORDER = ("BN", "standard", "noisy BN", "standard + noise")
 SANTURKAR = "Santurkar et al. 2018"
@@ -33,13 +36,15 @@ def noise_level(cfg: dict) -> float:
     return float(cfg["noise_mean_max"]) if cfg.get("noise") else 0.0
 
 
-def load_all(profile: str, device=None, verbose: bool = True) -> dict:
-    """Every result the chapter reads, by experiment name (loaded from the store, or run)."""
-    from ..experiments import get_experiment
-    from ..runner import load_or_run
+#: The chapter's experiments (by name) and the sweep of each.
+SWEEPS = {"noisy_bn": sweep_noisy_bn, "ics_dln": sweep_dln, "decoupling": sweep_decoupling,
+          "ghost_bn": sweep_ghost}
 
-    return {name: [load_or_run(c, device=device, verbose=verbose) for c in get_experiment(name).sweep(profile)]
-            for name in ("noisy_bn", "ics_dln", "decoupling", "ghost_bn")}
+
+def load(profile: str, device=None, verbose: bool = True) -> dict:
+    """Every result the chapter reads, by experiment name (loaded from the store, or run)."""
+    return {name: [load_or_run(c, device=device, verbose=verbose) for c in sweep(profile)]
+            for name, sweep in SWEEPS.items()}
 
 
 def noisy_table(results) -> pd.DataFrame:
@@ -114,7 +119,7 @@ def ghost_table(results) -> pd.DataFrame:
 
 
 def summarize(res: dict) -> dict:
-    """The numbers the chapter's prose and claims use, from :func:`load_all`'s results."""
+    """The numbers the chapter's prose and claims use, from :func:`load`'s results."""
     noisy = noisy_table(res["noisy_bn"])
     mean = noisy.groupby(["arm", "s"])[["train_acc", "test_acc", "drift"]].mean()
     clean = [r for r in res["noisy_bn"] if not r.config["noise"]]
@@ -147,7 +152,7 @@ def summarize(res: dict) -> dict:
     return out
 
 
-def claims(summary: dict, profile: str) -> list[Claim]:
+def score(summary: dict, profile: str) -> list[Claim]:
     """The chapter's claims; rules fixed before the runs (see the chapter's prose)."""
     acc, drift = summary["acc"], summary["drift"]
     scale = (f"{profile} profile, Fashion-MNIST small VGG, {summary['seeds']} seed(s), {summary['device']}")
@@ -206,6 +211,6 @@ def claims(summary: dict, profile: str) -> list[Claim]:
     return out
 
 
-def chapter_claims(profile: str, device=None) -> list[Claim]:
+def claims(profile: str, device=None) -> list[Claim]:
     """The chapter's claims at ``profile`` (for the scorecard)."""
-    return claims(summarize(load_all(profile, device, verbose=False)), profile)
+    return score(summarize(load(profile, device, verbose=False)), profile)

@@ -1,17 +1,13 @@
-"""The claims of the SkipInit chapter (De & Smith 2020), computed from its stored runs.
+"""The chapter "SkipInit (De & Smith)": its runs, tables and scored claims.
 
-``book/skipinit.ipynb`` and the scorecard page both call :func:`claims`
-(the scorecard through :func:`chapter_claims`, registered in
-:mod:`bnrepro.experiments.skipinit`), so the two can never disagree.
-The claims read the exact path-depth distribution (:mod:`bnrepro.measure.path_depth`)
+``book/skipinit.ipynb`` and the scorecard page score the same runs with
+:func:`score` (the scorecard through :func:`claims`), so the two can never
+disagree. The claims read the exact path-depth distribution (:mod:`bnrepro.measure.path_depth`)
 and the stored runs of ``skipinit_variance`` (Figure 4), ``skipinit_depth``
 (Tables 1/2) and ``skipinit_batch`` (Figures 5/6); ``skipinit_paths`` (the
 Monte Carlo) is a check the chapter makes, not a claim. Every rule and
 threshold below was fixed from the paper's statements before the runs; the
 chapter's "Claims" section states them in prose.
-
-Import these names from :mod:`bnrepro.experiments.skipinit`, which
-re-exports them (this module is private: the registry does not import it).
 """
 
 from __future__ import annotations
@@ -19,8 +15,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..core.claims import Claim, at_least, at_most, within
-from ..measure.path_depth import share_within
 from ..core.store import Result
+from ..experiments.skipinit import sweep_variance
+from ..experiments.skipinit_train import sweep_batch, sweep_depth
+from ..measure.path_depth import share_within
 from ..runner import load_or_run
 
 #: Test accuracy of a 10-class guess; a diverged run counts as this.
@@ -34,12 +32,9 @@ BATCH_ARMS = {"bn": "BN", "skipinit": "SkipInit"}
 SRC = "De & Smith 2020"
 
 
-def load_sweep(profile: str, device=None, verbose: bool = True) -> dict:
+def load(profile: str, device=None, verbose: bool = True) -> dict:
     """The runs the claims read, from the results store (run if missing):
     ``{"variance": {kind: Result}, "depth": [Result], "batch": [Result]}``, in sweep order."""
-    from ..experiments.skipinit import sweep_variance
-    from ..experiments.skipinit_train import sweep_batch, sweep_depth
-
     return {"variance": {cfg.kind: load_or_run(cfg, device=device, verbose=verbose)
                          for cfg in sweep_variance(profile)},
             "depth": [load_or_run(cfg, device=device, verbose=verbose) for cfg in sweep_depth(profile)],
@@ -126,7 +121,7 @@ def batch_summary(best_table) -> dict:
 
 # ------------------------------------------------------------------ claims
 def quantities(results: dict) -> dict:
-    """Every number the claims read, from :func:`load_sweep`'s dict (and the exact distribution)."""
+    """Every number the claims read, from :func:`load`'s dict (and the exact distribution)."""
     q = {"share15_s1": share_within(HEADLINE_BLOCKS, HEADLINE_BRANCHES),
          "share15_s0": share_within(HEADLINE_BLOCKS, HEADLINE_BRANCHES, stem_variance=0.0),
          **fig4_linear(results["variance"]["linear"])}
@@ -137,7 +132,7 @@ def quantities(results: dict) -> dict:
     return q
 
 
-def claims(results: dict, profile: str) -> list[Claim]:
+def score(results: dict, profile: str) -> list[Claim]:
     """The paper's claims vs ours. Rules (fixed before the runs): the 97% within 0.005
     (partly 0.02); Figure 4(a)'s slope 1 within 0.1 (partly 0.25); SkipInit's gain over
     chance at the deepest depth >= 0.9 of BN's (partly 0.5); alpha = 1 and 1/sqrt(2)
@@ -171,6 +166,6 @@ def claims(results: dict, profile: str) -> list[Claim]:
     ]
 
 
-def chapter_claims(profile: str, device=None) -> list[Claim]:
+def claims(profile: str, device=None) -> list[Claim]:
     """The chapter's claims at ``profile``, from the stored runs (run if missing)."""
-    return claims(load_sweep(profile, device, verbose=False), profile)
+    return score(load(profile, device, verbose=False), profile)

@@ -11,10 +11,8 @@ population statistics recomputed over the whole training set
 (:func:`bnrepro.measure.population_stats.recalibrate_bn`), and with each test batch's own
 statistics (the model left in training mode).
 
-:func:`checkpoint_table`, :func:`gap_summary` and :func:`gap_numbers` summarize
-the runs for the chapter "BN from first principles", whose claims
-(:func:`bnrepro.chapters.bn_first_principles.chapter_claims`) are registered with the
-scorecard at the bottom of this module.
+The chapter "BN from first principles" tabulates and scores the runs
+(:mod:`bnrepro.chapters.bn_first_principles`).
 """
 
 from __future__ import annotations
@@ -26,15 +24,13 @@ import time
 
 import torch
 
-from ..measure.population_stats import bn_layers, bn_statistics, recalibrate_bn
 from ..core.config import ExperimentConfig, require
-from ..data.datasets import DATASETS, load_dataset, require_subset
 from ..core.device import get_device
-from ..models import INITS
 from ..core.provenance import provenance
-from ..scorecard import register_chapter
 from ..core.store import Result
-from ..runner import load_or_run
+from ..data.datasets import DATASETS, load_dataset, require_subset
+from ..measure.population_stats import bn_layers, bn_statistics, recalibrate_bn
+from ..models import INITS
 from ..training.loop import evaluate, train
 from . import register
 from .lenet import build_lenet
@@ -156,64 +152,4 @@ def sweep(profile: str) -> list[BNInferenceConfig]:
             for lr in LRS for seed in SEEDS[profile]]
 
 
-def load_sweep(profile: str, device=None, verbose: bool = True) -> list[Result]:
-    """Every run of the sweep, from the results store (run if missing)."""
-    return [load_or_run(cfg, device=device, verbose=verbose) for cfg in sweep(profile)]
-
-
-EARLY_STEPS = 10        # "early": the running averages still remember their (0, 1) start
-LATE_FRACTION = 0.2     # "late": checkpoints from 20% of the run on
-
-
-def checkpoint_table(results: list[Result]):
-    """One row per (run, checkpoint): lr, seed, step, the three accuracies and losses, and
-    ``gap`` = accuracy with population statistics minus with running averages."""
-    import pandas as pd
-
-    ckpt = pd.DataFrame([{"lr": r.config["lr"], "seed": r.config["seed"],
-                          **{k: v for k, v in c.items() if k != "layers"}}
-                         for r in results for c in r["checkpoints"]])
-    ckpt["gap"] = ckpt["acc_population"] - ckpt["acc_running"]
-    return ckpt
-
-
-def gap_summary(ckpt):
-    """Per learning rate: the early gap, the late gap (mean over each run's late checkpoints,
-    then over seeds), the share of late checkpoints with a positive gap, and the spread
-    (std) of the late test accuracy of one run with each kind of statistics."""
-    import pandas as pd
-
-    early = ckpt[ckpt["step"] <= EARLY_STEPS]
-    late = ckpt[ckpt["step"] >= LATE_FRACTION * ckpt["step"].max()]
-    per_run = late.groupby(["lr", "seed"]).agg(
-        late_gap=("gap", "mean"), positive=("gap", lambda g: (g > 0).mean()),
-        std_running=("acc_running", "std"), std_population=("acc_population", "std"))
-    return pd.DataFrame({
-        "early gap (steps <= 10)": early.groupby("lr")["gap"].mean(),
-        "late gap (steps >= 20% of run)": per_run.groupby("lr")["late_gap"].mean(),
-        "share of late checkpoints with gap > 0": per_run.groupby("lr")["positive"].mean(),
-        "late accuracy std, running": per_run.groupby("lr")["std_running"].mean(),
-        "late accuracy std, population": per_run.groupby("lr")["std_population"].mean(),
-    })
-
-
-def gap_numbers(ckpt) -> dict[str, float]:
-    """The numbers the first-principles chapter quotes and scores: the early gap over every
-    run, and the late gap, share of positive late gaps and late accuracy spreads at lr 1.0
-    (``*_high``) and lr 0.1 (``*_low``)."""
-    gaps = gap_summary(ckpt)
-    late = "late gap (steps >= 20% of run)"
-    return {"early_gap": float(ckpt.loc[ckpt["step"] <= EARLY_STEPS, "gap"].mean()),
-            "late_gap_high": float(gaps.loc[1.0, late]), "late_gap_low": float(gaps.loc[0.1, late]),
-            "late_pos_high": float(gaps.loc[1.0, "share of late checkpoints with gap > 0"]),
-            "std_run": float(gaps.loc[1.0, "late accuracy std, running"]),
-            "std_pop": float(gaps.loc[1.0, "late accuracy std, population"])}
-
-
 register(BNInferenceConfig, run, sweep, data_parallel=True)
-
-# The chapter's claims (bnrepro.chapters.bn_first_principles) read this module's runs; importing it
-# here registers them with the scorecard whenever the experiments are loaded.
-from ..chapters.bn_first_principles import chapter_claims  # noqa: E402
-
-register_chapter("book/bn_first_principles", "BN from first principles", 20, chapter_claims)

@@ -18,6 +18,9 @@ mean-only / variance-only BN, frozen gamma/beta, dropout.
 The paper gives no learning rate for Figure 1; a known reproduction used
 plain SGD with lr 0.5, which is our base lr (the "x1"). "Small random
 Gaussian" weights are N(0, 0.01^2) here (the Caffe/AlexNet-era convention).
+
+The chapter's tables, target accuracy X and scored claims:
+:mod:`bnrepro.chapters.bn_training`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import statistics
 import time
 from typing import Sequence
 
@@ -33,21 +35,14 @@ import torch
 from torch import nn
 
 from ..core.config import ExperimentConfig, require
-from ..data.datasets import DATASETS, DataNotFoundError, load_dataset, require_subset
 from ..core.device import cpu_threads, get_device
-from ..models import ACTIVATIONS, MLP, NORMS, count_parameters
 from ..core.provenance import provenance
-from ..scorecard import register_chapter
 from ..core.store import Result
+from ..data.datasets import DATASETS, DataNotFoundError, load_dataset, require_subset
+from ..models import ACTIVATIONS, MLP, NORMS, count_parameters
 from ..training.loop import StepState, train
 from . import register
 
-#: Test accuracy the "steps to reach X" metric uses, fixed before any run.
-#: Table 2's target is Inception's final 72.2%; ours is a level both arms of
-#: Figure 1 can reach within the cpu budget on each dataset.
-TARGET_ACC = {"fashion-mnist": 0.85, "mnist": 0.96, "cifar10": 0.45}
-#: Final test accuracy below this counts as "did not learn" (chance is 0.10).
-NO_LEARNING_ACC = 0.20
 PERCENTILES = (0.15, 0.50, 0.85)  # Figure 1(b, c)
 
 
@@ -257,54 +252,6 @@ def _run(cfg: BNTrainingConfig, device: torch.device) -> Result:
                   provenance(device, time.perf_counter() - start, {"init": cfg.seed, "data_order": cfg.seed}))
 
 
-# --------------------------------------------------------------------------- analysis helpers
-
-def steps_to_reach(evals: Sequence[dict], target: float) -> int | None:
-    """The first evaluated step whose test accuracy is >= ``target`` (None: never)."""
-    for e in evals:
-        if e.get("test_acc") is not None and e["test_acc"] >= target:
-            return int(e["step"])
-    return None
-
-
-def outcome(data: dict, target: float) -> str:
-    """``"diverged"`` (NaN loss), ``"no learning"`` (final accuracy < NO_LEARNING_ACC),
-    ``"below target"`` or ``"reached target"`` (test accuracy >= target at some evaluation)."""
-    if data["history"]["diverged"]:
-        return "diverged"
-    if steps_to_reach(data["history"]["evals"], target) is not None:
-        return "reached target"
-    final = data.get("final_test_acc")
-    if final is None or not math.isfinite(final) or final < NO_LEARNING_ACC:
-        return "no learning"
-    return "below target"
-
-
-def median_drift(probe: dict, start_frac: float = 0.5) -> float:
-    """How much the sigmoid input's median moves late in training, relative to its spread.
-
-    For each recorded unit, over the probes at steps >= ``start_frac`` of the
-    last probed step: (max - min of the 50th percentile) / mean(85th - 15th
-    percentile). Returns the median over units (NaN without probes).
-    Scale-free, so the BN and plain networks compare on one footing.
-    """
-    steps, values = probe["steps"], probe["values"]
-    if not steps:
-        return math.nan
-    cut = start_frac * steps[-1]
-    rows = [v for s, v in zip(steps, values) if s >= cut]
-    drifts = []
-    for u in range(len(rows[0])):
-        p15 = [r[u][0] for r in rows]
-        p50 = [r[u][1] for r in rows]
-        p85 = [r[u][2] for r in rows]
-        if any(x is None for x in p15 + p50 + p85):
-            return math.nan
-        width = statistics.fmean(b - a for a, b in zip(p15, p85))
-        drifts.append((max(p50) - min(p50)) / width if width > 0 else math.inf)
-    return statistics.median(drifts)
-
-
 # --------------------------------------------------------------------------- the sweep
 
 SEEDS = {"smoke": (0,), "cpu": (0, 1), "paper": (0, 1, 2)}
@@ -370,9 +317,4 @@ def sweep(profile: str) -> list[BNTrainingConfig]:
     return out
 
 
-# The chapter's claims live in a helper module (this one would grow past ~400 lines);
-# it is imported here, at the end, because it uses the names above.
-from ..chapters.bn_training import (ARM, bias_gradient_check, chapter_claims, claims, fig1_per_arm, load_sweep, quantities, ratio, runs_table, summary_row)
-
 register(BNTrainingConfig, run, sweep, data_parallel=True)
-register_chapter("book/bn_training", "BN in training (Ioffe & Szegedy)", 30, chapter_claims)

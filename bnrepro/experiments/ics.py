@@ -10,6 +10,8 @@ Four experiments, one config class each (chapter ``book/ics.ipynb``):
 * ``ghost_bn`` -- the generalisation gap as the BN statistics get noisier
   (ghost batches of fewer samples inside the same SGD batch).
 * ``decoupling`` -- GD on ``w`` vs GD on ``(g, v)`` with ``w = g v/||v||_S``.
+
+The chapter's tables and scored claims: :mod:`bnrepro.chapters.ics`.
 """
 
 from __future__ import annotations
@@ -20,16 +22,15 @@ import time
 import torch
 
 from ..core.config import ExperimentConfig, require
-from ..data.datasets import load_dataset, require_subset
-from ..measure.decoupling import (decoupled_gd, gd, least_squares, linear_rate, logistic_regression, scale_invariant_gd)
 from ..core.device import get_device
+from ..core.provenance import provenance
+from ..core.store import Result
+from ..data.datasets import load_dataset, require_subset
+from ..measure.decoupling import decoupled_gd, gd, least_squares, linear_rate, logistic_regression, scale_invariant_gd
 from ..measure.ics import ActivationProbe, DeepLinearNet, ICSCallback, gaussian_classification
 from ..measure.landscape import DEFAULT_STEP_SIZES, LandscapeCallback
 from ..models import NoisyVGG, count_parameters
 from ..models.vgg import VGG_CONFIGS
-from ..core.provenance import provenance
-from ..scorecard import register_chapter
-from ..core.store import Result
 from ..training.loop import evaluate, train
 from . import register
 
@@ -288,13 +289,3 @@ def sweep_decoupling(profile: str) -> list[DecouplingConfig]:
 
 
 register(DecouplingConfig, run_decoupling, sweep_decoupling)
-
-
-def chapter_claims(profile: str, device=None):
-    """The chapter's scored claims (computed in :mod:`bnrepro.chapters.ics`), for the scorecard."""
-    from ..chapters.ics import chapter_claims as claims
-
-    return claims(profile, device)
-
-
-register_chapter("book/ics", "Is it internal covariate shift?", 40, chapter_claims)

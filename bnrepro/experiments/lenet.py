@@ -7,6 +7,8 @@ of the weights at lr 1.0, not because eval mode uses running statistics that
 lag the model: with population statistics recomputed over the training set
 (Algorithm 2) it swings nearly as much (``bn_inference`` experiment, chapter
 "BN from first principles").
+
+The chapter's tables and scored claims: :mod:`bnrepro.chapters.lenet`.
 """
 
 from __future__ import annotations
@@ -17,14 +19,11 @@ import time
 import torch
 
 from ..core.config import ExperimentConfig, require
-from ..data.datasets import DATASETS, load_dataset, require_subset
 from ..core.device import get_device
-from ..models import INITS, NORMS, LeNet, count_parameters, init_weights
-from ..core.claims import Claim, at_least, between, within
 from ..core.provenance import provenance
-from ..scorecard import register_chapter
 from ..core.store import Result
-from ..runner import load_or_run
+from ..data.datasets import DATASETS, load_dataset, require_subset
+from ..models import INITS, NORMS, LeNet, count_parameters, init_weights
 from ..training.loop import train
 from . import register
 
@@ -96,59 +95,4 @@ def sweep(profile: str) -> list[LeNetConfig]:
             for norm in ("bn", "none") for seed in SEEDS[profile]]
 
 
-def load_sweep(profile: str, device=None, verbose: bool = True) -> list[Result]:
-    """Every run of the chapter's sweep, from the results store (run if missing)."""
-    return [load_or_run(cfg, device=device, verbose=verbose) for cfg in sweep(profile)]
-
-
-def final_epochs(results: list[Result]):
-    """One row per run: its last epoch's numbers, images/s and whether it diverged."""
-    import pandas as pd
-
-    rows = []
-    for r in results:
-        h = r["history"]
-        last = h["epochs"][-1] if h["epochs"] else {}
-        rows.append({"arm": ARMS[r.config["norm"]], "seed": r.config["seed"], **last,
-                     "images_per_s": h["images_per_s"], "diverged": h["diverged"]})
-    return pd.DataFrame(rows)
-
-
-def summarize(results: list[Result]):
-    """Mean over seeds per arm of the final numbers (min/max of the test accuracy too)."""
-    return final_epochs(results).groupby("arm").agg(
-        runs=("seed", "count"), train_loss=("train_loss", "mean"), train_acc=("train_acc", "mean"),
-        test_acc=("test_acc", "mean"), test_acc_min=("test_acc", "min"),
-        test_acc_max=("test_acc", "max"), images_per_s=("images_per_s", "mean"),
-        diverged=("diverged", "sum"))
-
-
-def claims(results: list[Result], profile: str) -> list[Claim]:
-    """d2l's printed numbers vs ours. Rules fixed before the runs: training numbers within
-    0.02 (accuracy) / 0.03 (loss) of d2l's; test accuracy inside d2l's printed range."""
-    summary = summarize(results)
-    bn, plain = summary.loc["with BN"], summary.loc["without BN"]
-    scale = (f"{profile} profile, {results[0].config['dataset']}, {int(bn['runs'])} seed(s), "
-             f"{results[0].provenance['device']}")
-    src = "d2l-zh, batch-norm chapter"
-    return [
-        Claim("bn-lenet-train-acc", src, "BN-LeNet train accuracy after 10 epochs",
-              "0.899-0.902", float(bn["train_acc"]), within(0.90, 0.02, 0.05), scale),
-        Claim("bn-lenet-train-loss", src, "BN-LeNet train loss after 10 epochs",
-              "0.266-0.273", float(bn["train_loss"]), within(0.27, 0.03, 0.06), scale),
-        Claim("bn-lenet-test-acc", src, "BN-LeNet test accuracy after 10 epochs",
-              "0.708-0.853", float(bn["test_acc"]), between(0.708, 0.853, 0.03), scale),
-        Claim("bn-trains-faster", src, "BN speeds up training: train-accuracy gain over plain "
-              "LeNet after the same budget", "> 0", float(bn["train_acc"] - plain["train_acc"]),
-              at_least(0.01, 0.01), scale),
-    ]
-
-
-def chapter_claims(profile: str, device=None) -> list[Claim]:
-    return claims(load_sweep(profile, device, verbose=False), profile)
-
-
-ARMS = {"bn": "with BN", "bnrepro": "with BN", "none": "without BN"}
-
 register(LeNetConfig, run, sweep, data_parallel=True)
-register_chapter("book/lenet", "LeNet with BN (d2l)", 10, chapter_claims)

@@ -10,6 +10,8 @@ Two measurements at initialisation, no training:
   path, of the residual branch and BN's moving statistics, (a) ``kind="linear"``:
   a deep linear ResNet on Gaussian inputs, (b) ``kind="conv"``: a ReLU conv
   ResNet with BN on real images (Fashion-MNIST here; CIFAR-10 in the paper).
+
+The chapter's tables and scored claims: :mod:`bnrepro.chapters.skipinit`.
 """
 
 from __future__ import annotations
@@ -20,15 +22,13 @@ import time
 import torch
 
 from ..core.config import ExperimentConfig, require
-from ..data.datasets import DATASETS, load_dataset
-from ..core.device import get_device
-from ..models import LinearResNet, ResNet
+from ..core.device import cpu_threads, get_device
 from ..core.provenance import provenance
-from ..scorecard import register_chapter
-from ..measure.path_depth import path_depth_distribution
-from ..core.device import cpu_threads
-from ..measure.resnet_variance import MC_MODES, block_variances, path_variance_mc
 from ..core.store import Result
+from ..data.datasets import DATASETS, load_dataset
+from ..measure.path_depth import path_depth_distribution
+from ..measure.resnet_variance import MC_MODES, block_variances, path_variance_mc
+from ..models import LinearResNet, ResNet
 from . import register
 
 
@@ -153,8 +153,3 @@ def sweep_variance(profile: str) -> list[SkipInitVarianceConfig]:
 
 register(SkipInitPathsConfig, run_paths)
 register(SkipInitVarianceConfig, run_variance, sweep_variance)
-
-# the chapter's claims (book/skipinit.ipynb and the scorecard page both read them from here)
-from ..chapters.skipinit import (CHANCE, acc_or_chance, batch_frame, batch_summary, best_per_batch, chapter_claims, claims, deepest, depth_frame, fig4_linear, load_sweep, quantities)
-
-register_chapter("book/skipinit", "SkipInit (De & Smith)", 45, chapter_claims)

@@ -25,12 +25,11 @@ import time
 import torch
 
 from ..core.config import ExperimentConfig, require
-from ..data import DATASETS, load_dataset, random_crop_flip, require_subset
-from ..core.device import get_device
-from ..models import RESNET_VARIANTS, ResNet, count_parameters
+from ..core.device import cpu_threads, get_device
 from ..core.provenance import provenance
-from ..core.device import cpu_threads
 from ..core.store import Result
+from ..data import DATASETS, load_dataset, random_crop_flip, require_subset
+from ..models import RESNET_VARIANTS, ResNet, count_parameters
 from ..training.loop import SCHEDULES, train
 from . import register
 

@@ -23,8 +23,8 @@ import torch
 
 from ..core.config import ExperimentConfig
 from ..core.store import load
-from .timebox import HARD_LIMIT, BoxClosed, StepBox, hard_limit
 from ..training.loop import observe
+from .timebox import HARD_LIMIT, BoxClosed, StepBox, hard_limit
 
 #: Experiments that compute on the CPU whatever the device, and why.
 CPU_ONLY = {

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Batches, TensorData
 from ..core.device import get_device, synchronize
+from ..data import Batches, TensorData
 from .hooks import active_hook
 
 OPTIMIZERS = ("sgd", "adam")
