@@ -89,7 +89,8 @@ def check_links(root: Path) -> list[str]:
     def ids_of(path: Path) -> set[str]:
         if path not in ids:
             soup = BeautifulSoup(path.read_text(errors="replace"), "html.parser")
-            ids[path] = {el["id"] for el in soup.find_all(id=True)} | {a["name"] for a in soup.find_all("a", attrs={"name": True})}
+            ids[path] = ({el["id"] for el in soup.find_all(id=True)}
+                         | {a["name"] for a in soup.find_all("a", attrs={"name": True})})
         return ids[path]
 
     for page in sorted(root.rglob("*.html")):
@@ -228,7 +229,8 @@ def check_pages(root: Path, chromium: str, screenshots: Path | None,
                 page = context.new_page()
                 failed: list[str] = []
                 page.on("requestfailed", lambda r, f=failed: f.append(f"{r.url} ({r.failure})"))
-                page.on("response", lambda r, f=failed: f.append(f"{r.url} (HTTP {r.status})") if r.status >= 400 else None)
+                page.on("response", lambda r, f=failed: f.append(f"{r.url} (HTTP {r.status})")
+                        if r.status >= 400 else None)
                 page.on("request", lambda r, f=failed: None if r.url.startswith((base, "data:", "blob:", "about:"))
                         else f.append(f"{r.url} (leaves the book: not available offline)"))
                 try:

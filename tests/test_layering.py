@@ -158,3 +158,13 @@ def test_the_check_sees_cycles_upward_imports_and_late_imports(tmp_path):
     assert graph["bnrepro.core.a"] == {"bnrepro.nn.b"}
     assert upward_imports(graph) == ["bnrepro.core.a (core) imports bnrepro.nn.b (nn)"]
     assert cycles(graph) == [["bnrepro.nn.b", "bnrepro.nn.c"]]
+
+
+def test_the_public_face():
+    """``import bnrepro`` gives the names a user reaches for, each importable and listed in __all__."""
+    import bnrepro
+
+    for name in ("BatchNorm", "convert_batchnorm", "GhostBatchNorm", "SyncBatchNorm", "train_only_bn",
+                 "path_depth_distribution", "load_or_run", "run_sweep", "train", "load_dataset"):
+        assert name in bnrepro.__all__ and getattr(bnrepro, name) is not None, name
+    assert sorted(bnrepro.__all__) == sorted(set(bnrepro.__all__))

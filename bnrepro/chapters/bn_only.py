@@ -32,10 +32,10 @@ def runs_frame(results: list[Result]):
     """One row per run: its config fields and what it measured (a pandas DataFrame)."""
     import pandas as pd
 
-    return pd.DataFrame([{**r.config, "test_acc": r["test_acc"], "train_acc": r["train_acc"],
-                          "trainable_params": r["trainable"], "bn_params": r["bn_params"],
-                          "recipe": r["recipe"], "wall_s": r.provenance["wall_time_s"],
-                          "diverged": r["history"]["diverged"]} for r in results])
+    return pd.DataFrame([{**r.config, "test_acc": r.data.test_acc, "train_acc": r.data.train_acc,
+                          "trainable_params": r.data.trainable, "bn_params": r.data.bn_params,
+                          "recipe": r.data.recipe, "wall_s": r.provenance["wall_time_s"],
+                          "diverged": r.data.history.diverged} for r in results])
 
 
 def log2_slope(df) -> float:
@@ -81,7 +81,7 @@ def score(groups: dict[str, list[Result]], profile: str) -> list[Claim]:
     the runs) are spelled out in the chapter's "Claims" section."""
     s = summarize(groups)
     base = groups["arms"][0]
-    size = base["image_size"]
+    size = base.data.image_size
     n_train = "all" if base.config["n_train"] is None else f"{base.config['n_train']:,}"
     scale = (f"{profile} profile; {base.config['dataset']} {size}x{size}, {n_train} images, "
              f"{base.config['epochs']} epochs; ResNet-{base.config['depth']} unless said; "

@@ -29,10 +29,10 @@ def final_epochs(results: list[Result]):
 
     rows = []
     for r in results:
-        h = r["history"]
-        last = h["epochs"][-1] if h["epochs"] else {}
+        h = r.data.history  # measurements read by attribute: a missing one names the result file
+        last = h.epochs[-1] if h.epochs else {}
         rows.append({"arm": ARMS[r.config["norm"]], "seed": r.config["seed"], **last,
-                     "images_per_s": h["images_per_s"], "diverged": h["diverged"]})
+                     "images_per_s": h.images_per_s, "diverged": h.diverged})
     return pd.DataFrame(rows)
 
 

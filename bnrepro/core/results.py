@@ -17,6 +17,7 @@ entries raise an error that names the result and what it does hold.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 from .provenance import provenance
@@ -107,8 +108,10 @@ class Result:
                 **({"parallel": self.parallel} if self.parallel is not None else {})}
 
 
-def make_result(cfg, data: dict, *, device, wall_time_s: float, seeds: dict, parallel: dict | None = None) -> Result:
-    """The :class:`Result` of one run of ``cfg``, provenance stamped.
+def make_result(cfg, data: dict, *, device, started: float, seeds: dict, extra: dict | None = None) -> Result:
+    """The :class:`Result` of one run of ``cfg``, provenance stamped: ``device`` it ran on,
+    wall time since ``started`` (a ``time.perf_counter()`` reading), the ``seeds`` it used
+    (what each seeded), and any ``extra`` provenance of this experiment.
 
     Raises ``ValueError`` naming the experiment when ``data`` lacks a key of
     ``cfg.result_keys``: a run that does not measure what its chapter reads
@@ -118,5 +121,5 @@ def make_result(cfg, data: dict, *, device, wall_time_s: float, seeds: dict, par
     if missing:
         raise ValueError(f"{cfg.experiment}: run() returned no {', '.join(map(repr, missing))} "
                          f"(its config's result_keys promise them)")
-    return Result(cfg.experiment, cfg.to_dict(), dict(data), provenance(device, wall_time_s, seeds),
-                  parallel=parallel)
+    return Result(cfg.experiment, cfg.to_dict(), dict(data),
+                  {**provenance(device, time.perf_counter() - started, seeds), **(extra or {})})

@@ -26,8 +26,7 @@ import torch
 
 from ..core.config import ExperimentConfig, require
 from ..core.device import get_device
-from ..core.provenance import provenance
-from ..core.store import Result
+from ..core.results import Result, make_result
 from ..data.datasets import DATASETS, load_dataset, require_subset
 from ..measure.population_stats import bn_layers, bn_statistics, recalibrate_bn
 from ..models import INITS
@@ -134,12 +133,11 @@ def run(cfg: BNInferenceConfig, device=None) -> Result:
                  seed=cfg.seed, callbacks=[callback], eval_every_epoch=False, device=device)
     if not hist.diverged and (not checkpoints or checkpoints[-1]["step"] != hist.total_steps):
         measure(hist.total_steps, model)
-    return Result(cfg.experiment, cfg.to_dict(),
-                  {"checkpoints": checkpoints, "history": hist.to_dict(),
+    return make_result(cfg, {"checkpoints": checkpoints, "history": hist.to_dict(),
                    "bn_layers": [name for name, _ in bn_layers(model)],
                    "steps_per_epoch": math.ceil(len(data.x_train) / cfg.batch_size),
                    "data_source": data.source},
-                  provenance(device, time.perf_counter() - start, {"init": cfg.seed, "data_order": cfg.seed}))
+                       device=device, started=start, seeds={"init": cfg.seed, "data_order": cfg.seed})
 
 
 LRS = (0.1, 1.0)  # d2l-en's and d2l-zh's learning rates for BN-LeNet

@@ -34,8 +34,7 @@ import torch.nn.functional as F
 
 from ..core.config import ExperimentConfig, require
 from ..core.device import get_device
-from ..core.provenance import provenance
-from ..core.store import Result
+from ..core.results import Result, make_result
 from ..data import DATASETS, load_dataset, random_crop_flip, require_subset
 from ..models import count_parameters
 from ..models.cifar_resnet import cifar_resnet, resnet_blocks_per_stage
@@ -217,10 +216,9 @@ def run(cfg: BNOnlyConfig, device=None) -> Result:
            "gammas": [round(v, 5) for v in bn_gammas(model).tolist()]}
     if cfg.trainable in ("all", "bn", "bn_output") and not hist.diverged:
         out["gamma_analysis"] = gamma_analysis(model, data.x_test, data.y_test, cfg.gamma_thresholds, cfg.seed)
-    return Result(cfg.experiment, cfg.to_dict(), out,
-                  provenance(device, time.perf_counter() - start,
-                             {"init": cfg.seed, "bn_init": cfg.seed, "random_weights": cfg.seed,
-                              "data_order": cfg.seed}))
+    return make_result(cfg, out, device=device, started=start,
+                       seeds={"init": cfg.seed, "bn_init": cfg.seed, "random_weights": cfg.seed,
+                              "data_order": cfg.seed})
 
 
 # --------------------------------------------------------------------------- sweeps

@@ -36,8 +36,7 @@ from torch import nn
 
 from ..core.config import ExperimentConfig, require
 from ..core.device import cpu_threads, get_device
-from ..core.provenance import provenance
-from ..core.store import Result
+from ..core.results import Result, make_result
 from ..data.datasets import DATASETS, DataNotFoundError, load_dataset, require_subset
 from ..models import ACTIVATIONS, MLP, NORMS, count_parameters
 from ..training.loop import StepState, train
@@ -243,13 +242,12 @@ def _run(cfg: BNTrainingConfig, device: torch.device) -> Result:
                  log_every=cfg.probe_every, eval_every_epoch=False, eval_every_steps=cfg.eval_every,
                  callbacks=[probe], device=device)
     evals = hist.evals
-    return Result(cfg.experiment, cfg.to_dict(),
-                  {"history": hist.to_dict(), "probe": probe.to_dict(),
+    return make_result(cfg, {"history": hist.to_dict(), "probe": probe.to_dict(),
                    "final_test_acc": evals[-1]["test_acc"] if evals and not hist.diverged else math.nan,
                    "best_test_acc": max((e["test_acc"] for e in evals), default=math.nan),
                    "parameters": count_parameters(model), "data_source": data.source,
                    "n_train": len(data.x_train), "n_test": len(data.x_test)},
-                  provenance(device, time.perf_counter() - start, {"init": cfg.seed, "data_order": cfg.seed}))
+                       device=device, started=start, seeds={"init": cfg.seed, "data_order": cfg.seed})
 
 
 # --------------------------------------------------------------------------- the sweep

@@ -23,8 +23,7 @@ import torch
 
 from ..core.config import ExperimentConfig, require
 from ..core.device import get_device
-from ..core.provenance import provenance
-from ..core.store import Result
+from ..core.results import Result, make_result
 from ..data.datasets import load_dataset, require_subset
 from ..measure.decoupling import decoupled_gd, gd, least_squares, linear_rate, logistic_regression, scale_invariant_gd
 from ..measure.ics import ActivationProbe, DeepLinearNet, ICSCallback, gaussian_classification
@@ -101,11 +100,10 @@ def run_noisy_bn(cfg: NoisyBNConfig, device=None) -> Result:
     callbacks += [c for c in (ics, land) if c is not None]
     hist = train(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                  seed=cfg.seed, eval_every_steps=cfg.eval_every_steps, callbacks=callbacks, device=device)
-    return Result(cfg.experiment, cfg.to_dict(),
-                  {"history": hist.to_dict(), "probes": probe.records,
+    return make_result(cfg, {"history": hist.to_dict(), "probes": probe.records,
                    "ics": ics.records if ics else [], "landscape": land.records if land else [],
                    "parameters": count_parameters(model), "data_source": data.source},
-                  provenance(device, time.perf_counter() - start, {"init": cfg.seed, "data_order": cfg.seed}))
+                       device=device, started=start, seeds={"init": cfg.seed, "data_order": cfg.seed})
 
 
 #: Noise levels s: mu ~ U(-s, s), sigma ~ U(s/2, 3s/2). s = 1 is the level fixed before any run
@@ -170,8 +168,8 @@ def run_dln(cfg: DLNConfig, device=None) -> Result:
     ics = ICSCallback(cfg.ics_every)
     hist = train(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
                  eval_every_steps=cfg.ics_every * 4, callbacks=[ics], device=device)
-    return Result(cfg.experiment, cfg.to_dict(), {"history": hist.to_dict(), "ics": ics.records},
-                  provenance(device, time.perf_counter() - start, {"init": cfg.seed, "data": cfg.seed}))
+    return make_result(cfg, {"history": hist.to_dict(), "ics": ics.records},
+                       device=device, started=start, seeds={"init": cfg.seed, "data": cfg.seed})
 
 
 def sweep_dln(profile: str) -> list[DLNConfig]:
@@ -225,10 +223,9 @@ def run_ghost(cfg: GhostConfig, device=None) -> Result:
                  seed=cfg.seed, device=device)
     tr = evaluate(model, data.x_train, data.y_train)
     te = evaluate(model, data.x_test, data.y_test)
-    return Result(cfg.experiment, cfg.to_dict(),
-                  {"history": hist.to_dict(), "train_eval": tr, "test_eval": te,
+    return make_result(cfg, {"history": hist.to_dict(), "train_eval": tr, "test_eval": te,
                    "gap": tr["acc"] - te["acc"], "loss_gap": te["loss"] - tr["loss"]},
-                  provenance(device, time.perf_counter() - start, {"init": cfg.seed, "data_order": cfg.seed}))
+                       device=device, started=start, seeds={"init": cfg.seed, "data_order": cfg.seed})
 
 
 def sweep_ghost(profile: str) -> list[GhostConfig]:
@@ -278,10 +275,9 @@ def run_decoupling(cfg: DecouplingConfig, device=None) -> Result:
         runs.append({"method": "GD on (g, v)", "lr": lr, "subopt": d["subopt"], "rate": linear_rate(d["subopt"]),
                      "v_norm": d["v_norm"]})
     trace = scale_invariant_gd(prob, w0, cfg.effective_lr, cfg.steps)
-    return Result(cfg.experiment, cfg.to_dict(),
-                  {"problem": prob.name, "f_star": prob.f_star, "condition_number": prob.condition_number,
+    return make_result(cfg, {"problem": prob.name, "f_star": prob.f_star, "condition_number": prob.condition_number,
                    "lambda_max": float(torch.linalg.eigvalsh(prob.S)[-1]), "runs": runs, "scale_invariant": trace},
-                  provenance(get_device(device), time.perf_counter() - start, {"problem": cfg.seed}))
+                       device=get_device(device), started=start, seeds={"problem": cfg.seed})
 
 
 def sweep_decoupling(profile: str) -> list[DecouplingConfig]:

@@ -20,8 +20,7 @@ import torch
 
 from ..core.config import ExperimentConfig, require
 from ..core.device import get_device
-from ..core.provenance import provenance
-from ..core.store import Result
+from ..core.results import Result, make_result
 from ..data.datasets import DATASETS, load_dataset, require_subset
 from ..models import INITS, NORMS, LeNet, count_parameters, init_weights
 from ..training.loop import train
@@ -80,10 +79,9 @@ def run(cfg: LeNetConfig, device=None) -> Result:
     model = build_lenet(cfg, data)
     hist = train(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                  seed=cfg.seed, device=device)
-    return Result(cfg.experiment, cfg.to_dict(),
-                  {"history": hist.to_dict(), "parameters": count_parameters(model),
+    return make_result(cfg, {"history": hist.to_dict(), "parameters": count_parameters(model),
                    "data_source": data.source},
-                  provenance(device, time.perf_counter() - start, {"init": cfg.seed, "data_order": cfg.seed}))
+                       device=device, started=start, seeds={"init": cfg.seed, "data_order": cfg.seed})
 
 
 SEEDS = {"smoke": (0,), "cpu": (0, 1, 2), "paper": (0, 1, 2, 3, 4)}

@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..core.config import ExperimentConfig, require
-from ..core.provenance import provenance
-from ..core.store import Result
+from ..core.results import Result, make_result
 from ..data.datasets import load_dataset
 from ..distributed.launch import launch
 from ..measure.equivalence import bn_steps, reference_bn_steps
@@ -96,9 +95,9 @@ def run_equivalence(cfg: EquivalenceConfig, device=None) -> Result:
             "sync_vs_full": _max_diff(sync, full_ref, cfg.sync_shards, cfg.nproc, set(range(cfg.nproc))),
             "local_vs_full": _max_diff(local, full_ref, even, cfg.nproc, {0}),
             "dtype": "float64"}
-    return Result(cfg.experiment, cfg.to_dict(), data,
-                  {**provenance("cpu", time.perf_counter() - start, {"data": cfg.seed, "init": 0}),
-                   "world_size": cfg.nproc, "backend": "gloo"})
+    return make_result(cfg, data,
+                       device="cpu", started=start, seeds={"data": cfg.seed, "init": 0},
+                       extra={"world_size": cfg.nproc, "backend": "gloo"})
 
 
 register(EquivalenceConfig, run_equivalence)
@@ -204,10 +203,10 @@ def run_sync_cost(cfg: SyncCostConfig, device=None) -> Result:
                 "allreduce_ms": 1e3 * r0["allreduce_s"],
                 "predicted_extra_ms": 1e3 * r0["allreduce_s"] * 2 * r0["bn_layers"],
                 "local_batch": cfg.batch_size // cfg.nproc}
-    return Result(cfg.experiment, cfg.to_dict(), data_out,
-                  {**provenance("cpu", time.perf_counter() - start, {"init": cfg.seed}),
-                   "world_size": cfg.nproc, "backend": "gloo", "threads_per_process": 1,
-                   "bn_modes": list(MODES)})
+    return make_result(cfg, data_out,
+                       device="cpu", started=start, seeds={"init": cfg.seed},
+                       extra={"world_size": cfg.nproc, "backend": "gloo", "threads_per_process": 1,
+                              "bn_modes": list(MODES)})
 
 
 register(SyncCostConfig, run_sync_cost)

@@ -23,8 +23,7 @@ import torch
 
 from ..core.config import ExperimentConfig, require
 from ..core.device import cpu_threads, get_device
-from ..core.provenance import provenance
-from ..core.store import Result
+from ..core.results import Result, make_result
 from ..data.datasets import DATASETS, load_dataset
 from ..measure.path_depth import path_depth_distribution
 from ..measure.resnet_variance import MC_MODES, block_variances, path_variance_mc
@@ -73,8 +72,8 @@ def _run_paths(cfg: SkipInitPathsConfig) -> Result:
         data[mode] = {"mean": mc["mean"].tolist(), "sem": mc["sem"].tolist(), "exact": exact.tolist(),
                       "cov": mc["cov"].tolist(), "block_var_mean": mc["block_var"].mean(0).tolist(),
                       "block_var_sem": (mc["block_var"].std(0, ddof=1) / cfg.n_networks ** 0.5).tolist()}
-    return Result(cfg.experiment, cfg.to_dict(), data,
-                  provenance("cpu", time.perf_counter() - start, {"weights_and_inputs": cfg.seed}))
+    return make_result(cfg, data,
+                       device="cpu", started=start, seeds={"weights_and_inputs": cfg.seed})
 
 
 KINDS = ("linear", "conv")
@@ -142,8 +141,8 @@ def _run_variance(cfg: SkipInitVarianceConfig, device) -> Result:
         batches = [x[i:i + cfg.batch] for i in range(0, n, cfg.batch)]
         source = data.source
     stats = block_variances(model, batches)
-    return Result(cfg.experiment, cfg.to_dict(), {**stats, "num_blocks": len(stats["skip"]), "inputs": source},
-                  provenance(device, time.perf_counter() - start, {"init": cfg.seed, "inputs": cfg.seed + 1}))
+    return make_result(cfg, {**stats, "num_blocks": len(stats["skip"]), "inputs": source},
+                       device=device, started=start, seeds={"init": cfg.seed, "inputs": cfg.seed + 1})
 
 
 def sweep_variance(profile: str) -> list[SkipInitVarianceConfig]:

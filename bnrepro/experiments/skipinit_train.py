@@ -26,8 +26,7 @@ import torch
 
 from ..core.config import ExperimentConfig, require
 from ..core.device import cpu_threads, get_device
-from ..core.provenance import provenance
-from ..core.store import Result
+from ..core.results import Result, make_result
 from ..data import DATASETS, load_dataset, random_crop_flip, require_subset
 from ..models import RESNET_VARIANTS, ResNet, count_parameters
 from ..training.loop import SCHEDULES, train
@@ -115,8 +114,8 @@ def _run(cfg: _TrainConfig, device) -> Result:
                 "alpha_abs_mean": sum(abs(a) for a in alphas) / len(alphas) if alphas else None,
                 "num_blocks": model.num_blocks, "parameters": count_parameters(model),
                 "data_source": data.source}
-    return Result(cfg.experiment, cfg.to_dict(), data_out,
-                  provenance(device, time.perf_counter() - start, {"init": cfg.seed, "data_order": cfg.seed}))
+    return make_result(cfg, data_out,
+                       device=device, started=start, seeds={"init": cfg.seed, "data_order": cfg.seed})
 
 
 @dataclasses.dataclass(frozen=True)
