@@ -218,7 +218,6 @@ def test_divergence_is_recorded_not_raised(monkeypatch):
                       torch.randn(16, 1, 28, 28, generator=g), torch.randint(0, 10, (16,), generator=g),
                       [str(i) for i in range(10)], "random tensors", (0.0,), (1.0,))
     monkeypatch.setattr(skipinit_train, "load_dataset", lambda *a, **k: fake)
-    monkeypatch.setattr(skipinit_train, "provenance", lambda *a, **k: {})  # skip the slow `git status`
     cfg = skipinit_train.SkipInitDepthConfig.for_profile("smoke", variant="alpha1", depth=16, lr=1e4)
     result = skipinit_train.run(cfg, device="cpu")
     assert result["diverged"] is True and result["test_acc"] is None
