@@ -33,19 +33,33 @@ def _bnrepro(args, results, **kw):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 
 
+SWEEP_ARGS = ["run", "lenet", "--profile", "smoke", "--set", "n_train=1024", "--set", "n_test=256",
+              "--grid", f"seed={SEEDS}", "--jobs", "2"]
+
+
+def _wait_until(done, why: str, proc=None) -> None:
+    """Poll ``done()`` until it holds; fail if ``proc`` ends first or the hang guard passes."""
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not done():
+        if proc is not None:
+            assert proc.poll() is None, f"the sweep ended first:\n{proc.stdout.read()}"
+        assert time.monotonic() < deadline, why
+        time.sleep(0.05)  # polling for a change, not waiting for time to pass
+
+
+def _sweep_with_a_finished_run(results):
+    """A pooled sweep of six LeNet runs in its own process group, once its first run is stored:
+    (process, the six result paths, their configs)."""
+    configs = _lenet_configs(int(s) for s in SEEDS.split(","))
+    paths = [path_for(c) for c in configs]
+    proc = _bnrepro(SWEEP_ARGS, results, start_new_session=True)  # its own process group: kill it whole
+    _wait_until(lambda: any(p.exists() for p in paths), "no run finished: the sweep hangs", proc)
+    return proc, paths, configs
+
+
 @needs_fashion_mnist
 def test_a_killed_sweep_resumes_without_losing_or_repeating_finished_runs(tmp_results):
-    args = ["run", "lenet", "--profile", "smoke", "--set", "n_train=1024", "--set", "n_test=256",
-            "--grid", f"seed={SEEDS}", "--jobs", "2"]
-    base = get_experiment("lenet").config.for_profile("smoke", n_train=1024, n_test=256)
-    configs = [base.replace(seed=int(s)) for s in SEEDS.split(",")]
-    paths = [path_for(c) for c in configs]
-    proc = _bnrepro(args, tmp_results, start_new_session=True)  # its own process group: kill it whole
-    hang_guard = time.monotonic() + HANG_GUARD_S
-    while not any(p.exists() for p in paths):
-        assert proc.poll() is None, f"sweep ended before any run finished:\n{proc.stdout.read()}"
-        assert time.monotonic() < hang_guard, "no run finished: the sweep hangs"
-        time.sleep(0.05)  # polling for the first stored file, not waiting for time to pass
+    proc, paths, configs = _sweep_with_a_finished_run(tmp_results)
     os.killpg(proc.pid, signal.SIGKILL)  # the parent and its pool workers, mid-run, no clean-up
     proc.wait()
     proc.stdout.close()
@@ -55,7 +69,7 @@ def test_a_killed_sweep_resumes_without_losing_or_repeating_finished_runs(tmp_re
     for p in finished:  # what was written is whole: atomic writes, a kill leaves no half file
         assert read(p, configs[paths.index(p)]).data["history"]["epochs"]
 
-    resumed = _bnrepro(args, tmp_results)
+    resumed = _bnrepro(SWEEP_ARGS, tmp_results)
     out, _ = resumed.communicate(timeout=HANG_GUARD_S)
     assert resumed.returncode == 0, out
     assert f"{len(finished)} of {len(paths)} run(s) already stored" in out
@@ -142,16 +156,8 @@ def _running(pid: int) -> bool:
 @needs_fashion_mnist
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux /proc")
 def test_sigterm_ends_a_pooled_sweep_and_its_workers_like_ctrl_c(tmp_results):
-    args = ["run", "lenet", "--profile", "smoke", "--set", "n_train=1024", "--set", "n_test=256",
-            "--grid", f"seed={SEEDS}", "--jobs", "2"]
-    paths = [path_for(c) for c in _lenet_configs(int(s) for s in SEEDS.split(","))]
-    proc = _bnrepro(args, tmp_results, start_new_session=True)
+    proc, paths, _ = _sweep_with_a_finished_run(tmp_results)  # the workers are busy with runs
     try:
-        deadline = time.monotonic() + HANG_GUARD_S
-        while not any(p.exists() for p in paths):  # the workers are busy with runs
-            assert proc.poll() is None, f"sweep ended before any run finished:\n{proc.stdout.read()}"
-            assert time.monotonic() < deadline, "no run finished: the sweep hangs"
-            time.sleep(0.05)
         workers = _descendants(proc.pid)
         assert workers, "a pooled sweep runs in worker processes"
         os.kill(proc.pid, signal.SIGTERM)  # the parent only, as `kill PID` or a job scheduler does
@@ -161,10 +167,8 @@ def test_sigterm_ends_a_pooled_sweep_and_its_workers_like_ctrl_c(tmp_results):
             pytest.fail("the sweep's output stayed open after SIGTERM: a worker outlived it")
         assert proc.returncode == 128 + signal.SIGTERM, out
         assert "terminated. Finished runs are stored; run the same command again to resume" in out
-        deadline = time.monotonic() + HANG_GUARD_S
-        while any(_running(pid) for pid in workers):
-            assert time.monotonic() < deadline, f"workers still running after the sweep ended: {workers}"
-            time.sleep(0.05)
+        _wait_until(lambda: not any(_running(pid) for pid in workers),
+                    f"workers still running after the sweep ended: {workers}")
         stored = [p for p in paths if p.exists()]
         assert len(stored) < len(paths), "the runs not yet finished were not run by orphans"
         for p in stored:
@@ -235,23 +239,13 @@ def test_an_unusable_results_folder_stops_a_pooled_sweep_before_any_run(tmp_path
 @needs_fashion_mnist
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux /proc")
 def test_workers_of_a_sweep_killed_with_sigkill_end_too(tmp_results):
-    args = ["run", "lenet", "--profile", "smoke", "--set", "n_train=1024", "--set", "n_test=256",
-            "--grid", f"seed={SEEDS}", "--jobs", "2"]
-    paths = [path_for(c) for c in _lenet_configs(int(s) for s in SEEDS.split(","))]
-    proc = _bnrepro(args, tmp_results, start_new_session=True)
+    proc, paths, _ = _sweep_with_a_finished_run(tmp_results)
     try:
-        deadline = time.monotonic() + HANG_GUARD_S
-        while not any(p.exists() for p in paths):
-            assert proc.poll() is None, f"sweep ended before any run finished:\n{proc.stdout.read()}"
-            assert time.monotonic() < deadline, "no run finished: the sweep hangs"
-            time.sleep(0.05)
         workers = _descendants(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)  # the parent only: no handler of it runs
         proc.wait(timeout=30)
-        deadline = time.monotonic() + HANG_GUARD_S
-        while any(_running(pid) for pid in workers):
-            assert time.monotonic() < deadline, "orphaned workers still running: they outlive their sweep"
-            time.sleep(0.05)
+        _wait_until(lambda: not any(_running(pid) for pid in workers),
+                    "orphaned workers still running: they outlive their sweep")
         assert sum(p.exists() for p in paths) < len(paths), "the orphans did not go on with the queued runs"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
