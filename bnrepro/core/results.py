@@ -22,7 +22,8 @@ from typing import Any
 
 from .provenance import provenance
 
-__all__ = ["FORMAT_VERSION", "Measurements", "MissingMeasurement", "Result", "make_result"]
+__all__ = ["FORMAT_VERSION", "Measurements", "MissingMeasurement", "Result", "make_result",
+           "missing_measurements"]
 
 #: The version of the stored JSON layout (:meth:`Result.to_json`).
 FORMAT_VERSION = 1
@@ -108,6 +109,11 @@ class Result:
                 **({"parallel": self.parallel} if self.parallel is not None else {})}
 
 
+def missing_measurements(cfg, data: dict) -> list[str]:
+    """The keys of ``cfg.result_keys`` (what its run always measures) that ``data`` lacks."""
+    return [k for k in cfg.result_keys if k not in data]
+
+
 def make_result(cfg, data: dict, *, device, started: float, seeds: dict, extra: dict | None = None) -> Result:
     """The :class:`Result` of one run of ``cfg``, provenance stamped: ``device`` it ran on,
     wall time since ``started`` (a ``time.perf_counter()`` reading), the ``seeds`` it used
@@ -117,7 +123,7 @@ def make_result(cfg, data: dict, *, device, started: float, seeds: dict, extra: 
     ``cfg.result_keys``: a run that does not measure what its chapter reads
     fails where it is made, not in the chapter.
     """
-    missing = [k for k in cfg.result_keys if k not in data]
+    missing = missing_measurements(cfg, data)
     if missing:
         raise ValueError(f"{cfg.experiment}: run() returned no {', '.join(map(repr, missing))} "
                          f"(its config's result_keys promise them)")

@@ -30,7 +30,7 @@ from pathlib import Path
 from .config import ExperimentConfig, config_hash
 from .data_parallel import DataParallel
 from .provenance import REPO_ROOT
-from .results import FORMAT_VERSION, Result
+from .results import FORMAT_VERSION, Result, missing_measurements
 
 RESULTS_ENV = "BNREPRO_RESULTS"
 #: A temporary file of a save older than this (seconds) is left over from a killed save: a save
@@ -119,7 +119,7 @@ def check_schema(blob: dict, cfg: ExperimentConfig | None = None) -> None:
     if cfg is not None:
         if blob["experiment"] != cfg.experiment:
             raise CorruptResult(f"made by experiment {blob['experiment']!r}, not {cfg.experiment!r}")
-        missing = [k for k in cfg.result_keys if k not in blob["data"]]
+        missing = missing_measurements(cfg, blob["data"])
         if missing:
             raise CorruptResult(f"'data' lacks {', '.join(map(repr, missing))}")
 
