@@ -34,6 +34,11 @@ def git_revision() -> str:
         return "unknown"
 
 
+def utc_now() -> str:
+    """The time now, UTC, to the second (ISO 8601): how provenance stamps times."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def provenance(device: torch.device | str, wall_time_s: float, seeds: dict) -> dict:
     """The provenance block stored with every result."""
     return {
@@ -45,5 +50,5 @@ def provenance(device: torch.device | str, wall_time_s: float, seeds: dict) -> d
         "threads": torch.get_num_threads(),
         "seeds": seeds,
         "wall_time_s": round(float(wall_time_s), 3),
-        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": utc_now(),
     }

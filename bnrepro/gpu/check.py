@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as _dt
 import os
 import platform
 import shutil
@@ -36,7 +35,7 @@ import torch
 
 from ..core.config import ConfigError
 from ..core.device import cpu_threads, describe_device, get_device
-from ..core.provenance import REPO_ROOT, git_revision
+from ..core.provenance import REPO_ROOT, git_revision, utc_now
 from ..core.version import __version__
 from ..data.datasets import DATASETS, DataNotFoundError, cache_dir, load_dataset
 from ..experiments import list_experiments
@@ -229,10 +228,6 @@ def data_stand_ins(names, sizes: dict | None = None):
 
 
 # --------------------------------------------------------------------------- the whole check
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def run_check(device=None, *, dry_run: bool = False, out_dir: str | Path | None = None,
               log=print) -> tuple[dict, Path]:
     """Run the check; write the report to ``out_dir`` (default ``results/gpu``; for a dry run a new
@@ -252,7 +247,7 @@ def run_check(device=None, *, dry_run: bool = False, out_dir: str | Path | None 
     profile, reference = ("smoke", "cpu") if dry_run else ("paper", "cpu")
     exps = list_experiments()
     plan = plan_for(dry_run, sum(e.name not in CPU_ONLY for e in exps))
-    start, started_at = time.perf_counter(), _now()
+    start, started_at = time.perf_counter(), utc_now()
     deadline = start + plan.total_s - RESERVE_S
 
     def left(budget: float) -> float:
@@ -288,7 +283,7 @@ def run_check(device=None, *, dry_run: bool = False, out_dir: str | Path | None 
                 + (f"{s.get('steps', s.get('runs_measured', 0))} step(s)/run(s), sweep "
                    f"{gpu_report.duration(s.get('sweep_s'))}" if s["status"] != "not applicable" else s["reason"])
                 + (f" -- {s['reason']}" if s["status"] == "error" else ""))
-    prov.update(started_at=started_at, finished_at=_now(), wall_s=time.perf_counter() - start)
+    prov.update(started_at=started_at, finished_at=utc_now(), wall_s=time.perf_counter() - start)
     report = {"format": gpu_report.FORMAT_VERSION, "dry_run": dry_run, "profile": profile,
               "reference_profile": reference, "provenance": prov,
               "plan": {**dataclasses.asdict(plan), "slice_s": plan.slice_s},
