@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
+import hashlib
 import platform
 import subprocess
 from pathlib import Path
@@ -34,6 +35,22 @@ def git_revision() -> str:
         return "unknown"
 
 
+@functools.lru_cache(maxsize=1)
+def git_diff_hash() -> str | None:
+    """sha256 (16 hex digits) of ``git diff HEAD -- bnrepro`` when the package is modified, else None.
+
+    A result run from a modified checkout records it, so that it can at least
+    be matched with the diff it was run with; the committed results must come
+    from clean revisions (a test checks).
+    """
+    try:
+        diff = subprocess.run(["git", "--no-optional-locks", "diff", "HEAD", "--", "bnrepro"], cwd=REPO_ROOT,
+                              capture_output=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return hashlib.sha256(diff).hexdigest()[:16] if diff else None
+
+
 def utc_now() -> str:
     """The time now, UTC, to the second (ISO 8601): how provenance stamps times."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -41,9 +58,11 @@ def utc_now() -> str:
 
 def provenance(device: torch.device | str, wall_time_s: float, seeds: dict) -> dict:
     """The provenance block stored with every result."""
+    rev = git_revision()
     return {
         "bnrepro_version": __version__,
-        "git_revision": git_revision(),
+        "git_revision": rev,
+        **({"git_diff_sha256": git_diff_hash()} if rev.endswith("+dirty") else {}),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "device": describe_device(torch.device(device)),

@@ -20,6 +20,7 @@ import dataclasses
 import time
 from typing import Any
 
+from .claims import rules_hash
 from .provenance import provenance
 
 __all__ = ["FORMAT_VERSION", "Measurements", "MissingMeasurement", "Result", "make_result",
@@ -117,7 +118,8 @@ def missing_measurements(cfg, data: dict) -> list[str]:
 def make_result(cfg, data: dict, *, device, started: float, seeds: dict, extra: dict | None = None) -> Result:
     """The :class:`Result` of one run of ``cfg``, provenance stamped: ``device`` it ran on,
     wall time since ``started`` (a ``time.perf_counter()`` reading), the ``seeds`` it used
-    (what each seeded), and any ``extra`` provenance of this experiment.
+    (what each seeded), the hash of the claims' rules the run is scored by
+    (:func:`bnrepro.core.claims.rules_hash`), and any ``extra`` provenance of this experiment.
 
     Raises ``ValueError`` naming the experiment when ``data`` lacks a key of
     ``cfg.result_keys``: a run that does not measure what its chapter reads
@@ -128,4 +130,5 @@ def make_result(cfg, data: dict, *, device, started: float, seeds: dict, extra: 
         raise ValueError(f"{cfg.experiment}: run() returned no {', '.join(map(repr, missing))} "
                          f"(its config's result_keys promise them)")
     return Result(cfg.experiment, cfg.to_dict(), dict(data),
-                  {**provenance(device, time.perf_counter() - started, seeds), **(extra or {})})
+                  {**provenance(device, time.perf_counter() - started, seeds),
+                   "rules_hash": rules_hash(cfg.experiment), **(extra or {})})

@@ -27,6 +27,7 @@ import time
 import warnings
 from pathlib import Path
 
+from .claims import rules_hash
 from .config import ExperimentConfig, config_hash
 from .data_parallel import DataParallel
 from .provenance import REPO_ROOT
@@ -187,6 +188,21 @@ def save_or_rescue(result: Result, cfg: ExperimentConfig, root: Path | None = No
                              f"or set {RESULTS_ENV}={rescue_dir()} to load it from where it is")
 
 
+def stale_rules(blob: dict) -> str | None:
+    """Why a stored result no longer tests the claims now in the code, or None if it does.
+
+    Each result records the hash of the claims' rules it was run to test
+    (:func:`bnrepro.core.claims.rules_hash`); a rule changed since makes the
+    result stale: it is re-run, never edited.
+    """
+    now = rules_hash(blob["experiment"])
+    then = blob["provenance"].get("rules_hash")
+    if then == now:
+        return None
+    return (f"run under other claim rules (rules hash {then or 'not recorded'}, now {now}): "
+            f"the claims of {blob['experiment']} changed since it was run")
+
+
 def read(path: Path, cfg: ExperimentConfig | None = None, parallel=None) -> Result:
     """Parse and check a stored result; raises CorruptResult with the reason."""
     try:
@@ -206,6 +222,9 @@ def read(path: Path, cfg: ExperimentConfig | None = None, parallel=None) -> Resu
         stored = blob.get("parallel")
         if (stored if stored is not None else _spec(None).to_dict()) != spec.to_dict():
             raise CorruptResult(f"made with another data-parallel setting ({stored})")
+        stale = stale_rules(blob)
+        if stale:
+            raise CorruptResult(stale)
     return Result(blob["experiment"], blob["config"], blob["data"], blob["provenance"],
                   blob["config_hash"], loaded=True, parallel=blob.get("parallel"), source=str(path))
 

@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from ..core.claims import EMPIRICAL, ClaimSpec, at_least, between, register_claims, within
 from ..core.config import ExperimentConfig, require
 from ..core.device import get_device
 from ..core.results import Result, make_result
@@ -94,3 +95,20 @@ def sweep(profile: str) -> list[LeNetConfig]:
 
 
 register(LeNetConfig, run, sweep, data_parallel=True)
+
+#: The claims the LeNet runs are scored by, fixed before the runs (their hash is stored with each run).
+_WHERE = "Sec. 8.5 (batch normalization), printed runs of the from-scratch and concise LeNet"
+CLAIMS = register_claims("lenet", [
+    ClaimSpec("bn-lenet-train-acc", EMPIRICAL, "BN-LeNet train accuracy after 10 epochs", "0.899-0.902",
+              within(0.90, 0.02), "d2l prints 0.899-0.902; 0.02 is about the spread of train accuracy "
+              "between seeds at the last epoch", source="d2l_zh", where=_WHERE),
+    ClaimSpec("bn-lenet-train-loss", EMPIRICAL, "BN-LeNet train loss after 10 epochs", "0.266-0.273",
+              within(0.27, 0.03), "d2l prints 0.266-0.273; 0.03 allows the same relative spread as accuracy",
+              source="d2l_zh", where=_WHERE),
+    ClaimSpec("bn-lenet-test-acc", EMPIRICAL, "BN-LeNet test accuracy after 10 epochs", "0.708-0.853",
+              between(0.708, 0.853), "the range of d2l's three printed runs", source="d2l_zh", where=_WHERE),
+    ClaimSpec("bn-trains-faster", EMPIRICAL, "BN speeds up training: train-accuracy gain over plain LeNet "
+              "after the same budget", "> 0", at_least(0.01, null=0.0),
+              "a gain of at least one point of train accuracy; a smaller positive gain is partly",
+              source="d2l_zh", where="Sec. 8.5, discussion"),
+])
