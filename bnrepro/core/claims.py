@@ -267,7 +267,8 @@ class Claim:
 
 
 #: The columns a claims table shows, in order (the rest of a row feeds plots and tests).
-TABLE_COLUMNS = ("kind", "statement", "paper", "ours", "n", "low", "high", "verdict", "rule", "source", "where", "scale")
+TABLE_COLUMNS = ("kind", "statement", "paper", "ours", "n", "low", "high", "verdict", "rule", "source", "where",
+                 "scale")
 
 
 def claims_table(claims: Sequence[Claim], all_columns: bool = False):
