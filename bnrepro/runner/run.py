@@ -55,3 +55,17 @@ def load_or_run(cfg: ExperimentConfig, *, force: bool = False, device=None,
     if verbose:
         print(f"done in {time.perf_counter() - start:.1f} s; stored as {path.parent.name}/{path.name}")
     return result
+
+
+def load_summary(results) -> str:
+    """One line for a chapter: how many runs were loaded and computed, and their stored compute time.
+
+    ``results``: the chapter's results (a list, or a dict of lists whose runs may repeat).
+    """
+    if isinstance(results, dict):
+        results = [r for group in results.values() for r in (group if isinstance(group, list) else [group])]
+    unique = {id(r): r for r in results}.values()
+    loaded = sum(1 for r in unique if r.loaded)
+    wall = sum(float(r.provenance.get("wall_time_s") or 0.0) for r in unique)
+    return (f"{len(unique)} runs: {loaded} loaded from the results store, {len(unique) - loaded} computed now; "
+            f"stored compute time {wall / 60:.1f} min")
