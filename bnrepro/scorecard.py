@@ -18,7 +18,7 @@ import math
 from .chapters import Chapter, chapters
 from .core.claims import CHECK, EMPIRICAL, KINDS, PAPER_KINDS, VERDICTS
 
-__all__ = ["COLUMNS", "Chapter", "chapters", "collect", "counts", "counts_by_kind", "forest"]
+__all__ = ["COLUMNS", "Chapter", "chapters", "collect", "counts", "counts_by_kind", "forest", "forest_of"]
 
 COLUMNS = ["chapter", "doc", "claim", "kind", "source", "where", "statement", "paper", "ours", "n", "low",
            "high", "rule", "reason", "verdict", "scale", "unverified", "post_hoc", "values", "mean",
@@ -95,6 +95,13 @@ def forest(table, ax=None, title: str | None = None):
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def forest_of(claims, title: str | None = None):
+    """:func:`forest` of a chapter's list of :class:`~bnrepro.core.claims.Claim` (its empirical ones)."""
+    import pandas as pd
+
+    return forest(pd.DataFrame([c.row() for c in claims]), title=title)
 
 
 def checks(table):
