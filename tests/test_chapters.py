@@ -16,11 +16,11 @@ def toc_pages() -> list[str]:
 
 
 def test_the_chapter_list_is_the_toc_in_order():
-    """The intro (the book's root) and the scorecard page summarize the chapters and score no
-    claims of their own; every other page of the table of contents is a chapter, in this order."""
+    """The intro (the book's root), the scorecard and the references summarize the chapters and
+    score no claims of their own; every other page of the table of contents is a chapter, in this order."""
     pages = toc_pages()
     assert set(SUMMARY_PAGES) <= set(pages), "a summary page is missing from _toc.yml"
-    assert pages[0] == "book/intro" and pages[-1] == "book/scorecard"
+    assert pages[0] == "book/intro" and pages[-2:] == ["book/scorecard", "book/references"]
     assert [doc for doc, _, _ in CHAPTERS] == [p for p in pages if p not in SUMMARY_PAGES]
 
 
@@ -40,12 +40,13 @@ def test_every_chapter_has_the_one_claims_signature():
 
 
 def test_the_scorecard_reads_the_chapters_in_book_order(monkeypatch):
-    from bnrepro.core.claims import Claim, at_least
+    from bnrepro.core.claims import ClaimSpec, at_least
 
     assert [c.doc for c in scorecard.chapters()] == [doc for doc, _, _ in CHAPTERS]
     fake = [scorecard.Chapter(doc, title, module,
-                              lambda profile, device=None, m=module: [Claim(f"{m}-1", "src", "s", "p", 1.0,
-                                                                            at_least(0.5), profile)])
+                              lambda profile, device=None, m=module: [
+                                  ClaimSpec(f"{m}-1", "exact", "s", "p", at_least(0.5), "r",
+                                            source="ioffe2015batch").score([1.0], profile)])
             for doc, title, module in CHAPTERS]
     monkeypatch.setattr(scorecard, "chapters", lambda: fake)
     table = scorecard.collect("smoke")
