@@ -154,16 +154,17 @@ def forest(table, ax=None, title: str | None = None):
         for i in (emp.index[emp["chapter"] == g] if g is not None else emp.index):
             layout.append(("claim", i, y))
             y += 1
-    height = 0.26 * max(y, 1) + 1.3
+    # 6.5 in wide: at 150 dpi about the article column's width, so 8-pt labels read at ~11 px
+    height = 0.24 * max(y, 1) + 1.4
     if ax is None:
-        fig, ax = plt.subplots(figsize=(9, height), dpi=150)
+        fig, ax = plt.subplots(figsize=(6.5, height), dpi=150)
     else:
         fig = ax.figure
     lo_x, hi_x = XLIM
     for what, i, yy in layout:
         y_plot = -yy
         if what == "group":
-            ax.text(lo_x, y_plot, f" {i}", fontsize=8, fontweight="bold", va="center", ha="left")
+            ax.text(lo_x, y_plot, f" {i}", fontsize=8.5, fontweight="bold", va="center", ha="left")
             ax.axhline(y_plot + 0.5, color="#cccccc", lw=0.6, zorder=0)
             continue
         row = emp.loc[i]
@@ -193,16 +194,15 @@ def forest(table, ax=None, title: str | None = None):
             ax.plot(m, y_plot, marker, color=color, ms=5, zorder=4)
     claim_rows = [(i, yy) for what, i, yy in layout if what == "claim"]
     ax.set_yticks([-yy for _, yy in claim_rows])
-    ax.set_yticklabels([emp.loc[i, "claim"] for i, _ in claim_rows], fontsize=7)
+    ax.set_yticklabels([emp.loc[i, "claim"] for i, _ in claim_rows], fontsize=8)
     ax.set_ylim(-max(y, 1) + 0.4, 0.6)
     ax.set_xlim(lo_x, hi_x)
     ax.axvline(0, color="#999999", lw=0.6, ls=":", zorder=0)
-    ax.tick_params(axis="x", labelsize=7)
-    ax.set_xlabel("each row rescaled: 0 = no effect and 1 = the paper's threshold (a band: its centre 1, "
-                  "edges 0.5 and 1.5)\nblack ticks: the rule's threshold or band; shaded: the paper's side; "
-                  "dots: seeds; bar: 95% interval", fontsize=7)
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_xlabel("each row rescaled: 0 = no effect, 1 = the paper's threshold\n(a band: centre 1, edges 0.5 "
+                  "and 1.5); shaded: the paper's side; dots: seeds; bar: 95% interval", fontsize=8)
     handles = [plt.Line2D([], [], color=c, lw=2.5, label=v) for v, c in VERDICT_COLORS.items()]
-    fig.legend(handles=handles, fontsize=7, loc="upper center", ncol=4, frameon=False,
+    fig.legend(handles=handles, fontsize=8, loc="upper center", ncol=4, frameon=False,
                bbox_to_anchor=(0.5, 1.0))
     if title:
         ax.set_title(title, fontsize=9, pad=16)

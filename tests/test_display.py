@@ -77,6 +77,7 @@ def test_a_claim_with_too_few_values_shows_dashes_not_nan():
 def test_source_labels_come_from_the_bibliography():
     assert source_label("frankle2021training") == "Frankle et al. 2021"
     assert source_label("de2020batch") == "De & Smith 2020"
+    assert source_label("d2l_zh") != source_label("d2l_en")
     assert source_label("seed_bnonly_blog").startswith("Training only BatchNorm")
     assert source_label("not-a-key") == "not-a-key"
 

@@ -57,7 +57,8 @@ def reference_link(key: str) -> str:
 
 def _bib_labels(path: Path = BIBFILE) -> dict[str, str]:
     """Short labels ("Ioffe & Szegedy 2015", "De & Smith 2020", "Frankle et al. 2021") by key,
-    read from the bibliography; an entry without authors is labelled by its title."""
+    read from the bibliography; an entry's ``shorthand`` field wins, and an entry without
+    authors is labelled by its title."""
     if not path.exists():
         return {}
     labels = {}
@@ -68,6 +69,9 @@ def _bib_labels(path: Path = BIBFILE) -> dict[str, str]:
         fields = dict(re.findall(r"^\s*(\w+)\s*=\s*\{(.*)\},?\s*$", entry, flags=re.M))
         names = [n.split(",")[0].strip("{} ") for n in fields.get("author", "").split(" and ") if n.strip()]
         year = fields.get("year", "")
+        if fields.get("shorthand"):  # e.g. the two editions of one book
+            labels[m.group(1)] = f"{fields['shorthand']} {year}".strip()
+            continue
         if not names:
             title = re.sub(r"[{}]", "", fields.get("title", m.group(1)))
             labels[m.group(1)] = title.split(":")[0]
