@@ -180,12 +180,14 @@ _REPORT = """() => {
     const clone = body.cloneNode(true);
     clone.querySelectorAll('pre, code, .highlight, script, style, mjx-container, .cell_output')
          .forEach(e => e.remove());
-    const outputs = [...document.querySelectorAll('.cell_output, .output')].map(e => e.innerText);
+    // each output once: myst-nb nests .output inside .cell_output
+    const blocks = [...document.querySelectorAll('.cell_output, .output')];
+    const outputs = blocks.filter(e => !blocks.some(o => o !== e && o.contains(e))).map(e => e.innerText);
     const images = [...document.querySelectorAll('img')]
          .filter(i => !i.complete || i.naturalWidth === 0).map(i => i.getAttribute('src'));
-    const nav = [...document.querySelectorAll('nav, .bd-sidebar, .bd-sidebar-primary, .bd-header, '
-                                            + '.bd-toc, .bd-sidebar-secondary, .header-article')]
-         .map(e => e.innerText).join('\\n');
+    const navs = [...document.querySelectorAll('nav, .bd-sidebar, .bd-sidebar-primary, .bd-header, '
+                                             + '.bd-toc, .bd-sidebar-secondary, .header-article')];
+    const nav = navs.filter(e => !navs.some(o => o !== e && o.contains(e))).map(e => e.innerText).join('\\n');
     return {text: clone.innerText, outputs, images, title: document.title, nav,
             math: document.querySelectorAll('mjx-container').length};
 }"""

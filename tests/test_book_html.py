@@ -96,7 +96,8 @@ FINE = """<html><head><meta charset="utf-8"><title>What γ does</title></head><b
 <p>Every row shown; this page mentions issues of PyTorch and the path /usr/share/datasets.</p>
 <table><tr><th>claim</th><td>a claim whose text wraps in the column</td></tr></table>
 <div class="math" style="overflow-x: auto; max-width: 100%"><svg width="2000" height="10"></svg></div>
-<div class="cell_output"><pre>found stored result: 3 runs loaded, 0 run, 12 s of stored compute</pre></div>
+<div class="cell_output docutils container"><div class="output stream highlight-myst-ansi notranslate">
+<div class="highlight"><pre>found stored result: 3 runs loaded, 0 run, 12 s of stored compute</pre></div></div></div>
 </article></body></html>"""
 
 
