@@ -37,8 +37,8 @@ from .distributed.parallel import plan
 from .experiments import get_experiment, list_experiments
 from .gpu.check import ok, run_check
 from .measure.speed import bn_speed, loop_benchmark
-from .runner.parallel import require_data_parallel, run_torchrun
 from .reproduce import reproduce
+from .runner.parallel import require_data_parallel, run_torchrun
 from .runner.sweep import EXECUTORS, Terminated, run_sweep
 
 
