@@ -184,13 +184,13 @@ def conv_speed(name: str = "small VGG (width 16)", batch_size: int = 128, steps:
     format), ``"compile"`` (``torch.compile``, inductor; its warm-up includes the compilation).
     The variants alternate step by step so that drift in the machine's load hits them alike.
     Returns ``{"ms": {variant: ms}, "speedup": {variant: eager_ms / ms}, "max_grad_diff": {...}
-    (largest gradient difference over the largest gradient entry), "loss_diff": {...}}``; a variant that cannot run here (no C++ compiler for inductor) is left
-    out, with the reason under ``"skipped"``.
+    (largest gradient difference over the largest gradient entry), "loss_diff": {...}}``; a variant
+    that cannot run here (no C++ compiler for inductor) is left out, with the reason under ``"skipped"``.
     """
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, 1, 28, 28, generator=gen).to(device)
     y = torch.randint(0, 10, (batch_size,), generator=gen).to(device)
-    models, steps_fn, skipped = {}, {}, {}
+    models, skipped = {}, {}
     for v in variants:
         torch.manual_seed(seed)
         model = CONV_NETS[name]().to(device)
