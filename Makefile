@@ -10,6 +10,7 @@ KERNEL_CONF  := $(VENV)/etc/ipython/ipython_kernel_config.py
 PROFILE      ?= cpu
 JOBS         ?= 1
 RUN_ARGS     ?=
+CHAPTER      ?=
 BUILD        := _build/$(PROFILE)
 HTML         := $(BUILD)/_build/html
 MATHJAX_VER  := 3.2.2
@@ -26,7 +27,8 @@ help:
 	@echo "make gpu-check   the 10-minute check of a CUDA device, report into results/gpu/ (options: ARGS='...')"
 	@echo "make gpu-check-dry   the same check, tiny, on the CPU (--device cpu --dry-run), report in a temporary folder"
 	@echo "make reproduce   run every experiment of PROFILE into results/ (resumable;"
-	@echo "                 JOBS=4 runs four at a time, RUN_ARGS='--executor submitit' sends them to SLURM)"
+	@echo "                 JOBS=4 runs four at a time, RUN_ARGS='--executor submitit' sends them to SLURM;"
+	@echo "                 CHAPTER=lenet: one chapter's runs, then its claims)"
 
 # --- set-up -----------------------------------------------------------------
 
@@ -136,7 +138,8 @@ gpu-check-dry: $(STAMP)
 	$(PY) -m bnrepro gpu-check --device cpu --dry-run $(ARGS)
 
 reproduce: setup
-	@for exp in $$($(PY) -c "from bnrepro.experiments import list_experiments as l; print(' '.join(e.name for e in l()))"); do \
+	@if [ -n "$(CHAPTER)" ]; then $(PY) -m bnrepro reproduce --chapter $(CHAPTER) --profile $(PROFILE) --jobs $(JOBS); exit $$?; fi; \
+	for exp in $$($(PY) -c "from bnrepro.experiments import list_experiments as l; print(' '.join(e.name for e in l()))"); do \
 	  $(PY) -m bnrepro run $$exp --profile $(PROFILE) --jobs $(JOBS) $(RUN_ARGS) || exit $$?; done
 
 clean: clean-book

@@ -7,6 +7,7 @@
     bnrepro run lenet --nproc 2 --bn-mode sync      data-parallel over 2 processes, synchronized BN
     torchrun --nnodes 2 --nproc-per-node 4 ... -m bnrepro run lenet --bn-mode sync   over machines
     bnrepro run skipinit_depth --profile paper --executor submitit   the sweep as SLURM jobs
+    bnrepro reproduce --chapter lenet          one chapter's stored runs and claims (all chapters without --chapter)
     bnrepro data fashion-mnist [--fetch]       where the data is (or download it)
     bnrepro bench                              tensor-resident loop vs DataLoader
     bnrepro gpu-check                          the 10-minute GPU check: tests, bench, paper slices -> results/gpu/
@@ -35,7 +36,8 @@ from .distributed.launch import WorkerError, torchrun_world
 from .distributed.parallel import plan
 from .experiments import get_experiment, list_experiments
 from .gpu.check import ok, run_check
-from .measure.speed import bn_speed, loop_benchmark
+from .measure.speed import CONV_NETS, bn_speed, conv_speed, loop_benchmark
+from .reproduce import reproduce
 from .runner.parallel import require_data_parallel, run_torchrun
 from .runner.sweep import EXECUTORS, Terminated, run_sweep
 
@@ -163,6 +165,15 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    ok = reproduce(args.profile or current_profile(), args.chapter, jobs=args.jobs, device=args.device,
+                   allow_dirty=args.allow_dirty)
+    if not ok:
+        print("bnrepro: some runs failed; the others are stored. Fix the cause and run the same command "
+              "again: stored runs are not repeated.", file=sys.stderr)
+    return 0 if ok else 1
+
+
 def cmd_data(args) -> int:
     data = load_dataset(args.name, device="cpu", download=True if args.fetch else None)
     print(f"{data.name}: {len(data.x_train)} train / {len(data.x_test)} test images "
@@ -182,6 +193,13 @@ def cmd_bench(args) -> int:
         print(f"package BN, {what}, vs native BN, forward+backward on {speed['shape']} ({speed['device']}, "
               f"{speed['threads']} threads): {speed['ours_ms']:.2f} ms vs {speed['torch_ms']:.2f} ms, "
               f"ratio {speed['ratio']:.2f}x")
+    for net in CONV_NETS:
+        r = conv_speed(net, device=device)
+        parts = [f"{v} {r['ms'][v]:.1f} ms ({r['speedup'][v]:.2f}x, grads within {r['max_grad_diff'][v]:.0e})"
+                 for v in r["ms"]]
+        parts += [f"{v}: not measured ({why})" for v, why in r["skipped"].items()]
+        print(f"{net}, one SGD step at batch {r['batch_size']} ({r['device']}, {r['threads']} threads): "
+              + "; ".join(parts))
     return 0
 
 
@@ -231,11 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--submitit-param", action="append", default=[], metavar="NAME=VALUE",
                    help="passed to submitit's update_parameters, e.g. slurm_partition=gpu, gpus_per_node=1")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("reproduce", help="every stored run of the book's chapters (or one), then their claims")
+    p.add_argument("--chapter", help="one chapter's module name, e.g. lenet (default: every chapter)")
+    p.add_argument("--profile", choices=PROFILES, help="default: $BNREPRO_PROFILE or cpu")
+    p.add_argument("--jobs", type=int, default=1, metavar="J", help="runs at a time (default 1)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: $BNREPRO_DEVICE or best available)")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="store results of uncommitted code into the checkout's results/ (they record the diff hash)")
+    p.set_defaults(func=cmd_reproduce)
     p = sub.add_parser("data", help="say where a dataset is loaded from")
     p.add_argument("name", nargs="?", default="fashion-mnist")
     p.add_argument("--fetch", action="store_true", help="download with torchvision if missing")
     p.set_defaults(func=cmd_data)
-    p = sub.add_parser("bench", help="images/s of the training loop vs a DataLoader loop; package BN vs native BN")
+    p = sub.add_parser("bench", help="images/s of the training loop vs a DataLoader loop; package BN vs native BN; "
+                       "conv nets eager vs channels_last vs torch.compile")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--device")

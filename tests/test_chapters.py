@@ -40,19 +40,19 @@ def test_every_chapter_has_the_one_claims_signature():
 
 
 def test_the_scorecard_reads_the_chapters_in_book_order(monkeypatch):
-    from bnrepro.core.claims import ClaimSpec, at_least
+    from bnrepro.core.claims import CHECK, ClaimSpec, at_least
 
     assert [c.doc for c in scorecard.chapters()] == [doc for doc, _, _ in CHAPTERS]
     fake = [scorecard.Chapter(doc, title, module,
                               lambda profile, device=None, m=module: [
-                                  ClaimSpec(f"{m}-1", "exact", "s", "p", at_least(0.5), "r",
-                                            source="ioffe2015batch").score([1.0], profile)])
+                                  ClaimSpec(f"{m}-1", CHECK, "s", "p", at_least(0.5), "why").score(1.0, profile)])
             for doc, title, module in CHAPTERS]
     monkeypatch.setattr(scorecard, "chapters", lambda: fake)
     table = scorecard.collect("smoke")
     assert list(table["doc"]) == [doc for doc, _, _ in CHAPTERS]
     assert list(table["chapter"]) == [title for _, title, _ in CHAPTERS]
-    assert scorecard.counts(table)["reproduced"] == len(CHAPTERS)
+    assert scorecard.counts(table, kinds=(CHECK,))["reproduced"] == len(CHAPTERS)
+    assert sum(scorecard.counts(table).values()) == 0  # checks are not paper claims
 
 
 def test_experiments_know_nothing_of_chapters_or_the_scorecard():

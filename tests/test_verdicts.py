@@ -102,3 +102,19 @@ def test_each_experiment_result_records_its_rules_hash(name):
     data = {k: None for k in cfg.result_keys}
     r = make_result(cfg, data, device="cpu", started=0.0, seeds={})
     assert r.provenance["rules_hash"] == rules_hash(name)
+
+
+def test_reproduce_knows_each_chapters_experiments_and_refuses_a_modified_checkout(monkeypatch):
+    from bnrepro import reproduce as rep
+
+    assert rep.chapter_experiments("lenet") == ["lenet"]
+    with pytest.raises(ValueError, match="unknown chapter 'nope'; the chapters are: lenet, "):
+        rep.reproduce("cpu", "nope")
+    monkeypatch.delenv("BNREPRO_RESULTS", raising=False)
+    monkeypatch.setattr(rep, "git_revision", lambda: "abc+dirty")
+    with pytest.raises(rep.DirtyCheckout, match="Commit first, or pass --allow-dirty"):
+        rep.check_clean("cpu")
+    rep.check_clean("smoke")  # smoke runs are throw-away
+    rep.check_clean("cpu", allow_dirty=True)
+    monkeypatch.setattr(rep, "git_revision", lambda: "abc")
+    rep.check_clean("cpu")
