@@ -201,7 +201,7 @@ def test_affine_noise_shifts_each_channel_for_the_whole_batch_and_keeps_sample_o
         b = ys[0] - a * xs[0]
         assert torch.allclose(ys, a * xs + b, atol=1e-5)
         assert 0.5 <= a.item() <= 1.5 and -1 <= b.item() <= 1
-        assert torch.equal(ys.argsort(), xs.argsort())  # the order of the samples is kept
+        assert (ys[xs.argsort()].diff() >= 0).all()  # the order of the samples is kept
     flat = DistributionNoise(kind="affine")(torch.randn(16, 4))
     assert flat.shape == (16, 4)
     with pytest.raises(ValueError, match="kind"):
