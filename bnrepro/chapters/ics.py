@@ -109,13 +109,19 @@ def decoupling_tables(results) -> tuple[pd.DataFrame, pd.DataFrame]:
         for run in r["runs"]:
             s = [math.nan if v is None else v for v in run["subopt"]]
             rows.append({"problem": r["problem"], "seed": r.config["seed"], "method": run["method"], "lr": run["lr"],
-                         "first": s[0], "last": s[-1], "rate": run["rate"], "converged": converged(s, steps)})
+                         "first": s[0], "last": s[-1], "rate": run["rate"], "converged": converged(s, steps),
+                         "diverged": diverged(s, steps)})
     return curves, pd.DataFrame(rows)
 
 
 def converged(subopt, steps: int) -> bool:
     """A run converges when it lasts its steps, stays finite and ends 10x below where it started."""
     return len(subopt) == steps + 1 and all(math.isfinite(v) for v in subopt) and subopt[-1] < subopt[0] / 10
+
+
+def diverged(subopt, steps: int) -> bool:
+    """A run diverges when it stops early (non-finite), or ends above where it started."""
+    return len(subopt) < steps + 1 or not all(math.isfinite(v) for v in subopt) or subopt[-1] > subopt[0]
 
 
 def effective_lr_table(results) -> pd.DataFrame:
