@@ -123,23 +123,23 @@ def scales(groups: dict[str, list[Result]], profile: str) -> dict[str, str]:
     size = base.data.image_size
     n_train = "all" if c["n_train"] is None else f"{c['n_train']:,}"
     data = f"{c['dataset']} {size}×{size}, {n_train} images, {c['epochs']} epochs"
-    seeds = len({r.config["seed"] for r in groups["arms"]})
     depths = sorted({r.config["depth"] for r in groups["depth"]})
     init_depth = groups["init"][0].config["depth"]
-    arms = f"ResNet-{c['depth']}, {data}, {seeds} seeds ({profile} profile)"
+    arms = f"ResNet-{c['depth']}, {data}"
     return {
         "bn-beats-random": arms,
         "bn-beats-output": arms + f"; probe {c['probe_epochs']} epochs on cached features",
-        "depth-helps": f"ResNet-{depths[-1]} vs ResNet-{depths[0]}, {data}, {seeds} seeds ({profile} profile)",
+        "depth-helps": f"ResNet-{depths[-1]} vs ResNet-{depths[0]}, {data}",
         "third-disabled": arms, "disabling-is-learned": arms, "small-gamma-dispensable": arms,
-        "ones-too-symmetric": f"ResNet-{init_depth}, {data}, {seeds} seeds ({profile} profile)",
+        "ones-too-symmetric": f"ResNet-{init_depth}, {data}",
     }
 
 
 def score(groups: dict[str, list[Result]], profile: str) -> list[Claim]:
     """The paper's and the blog's claims vs ours, one value per seed, by the rules of :data:`SPECS`."""
     values, scale = per_seed(groups), scales(groups, profile)
-    return [spec.score(values[spec.id], scale[spec.id]) for spec in SPECS]
+    return [spec.score(values[spec.id], f"{scale[spec.id]}, {len(values[spec.id])} seeds ({profile} profile)")
+            for spec in SPECS]
 
 
 def claims(profile: str, device=None) -> list[Claim]:
