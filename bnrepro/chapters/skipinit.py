@@ -20,7 +20,7 @@ from ..core.claims import EXACT, Claim, ClaimSpec, within
 from ..core.store import Result
 from ..data.datasets import DATASET_SIZES
 from ..experiments.skipinit import PATHS_CLAIMS, VARIANCE_CLAIMS, SkipInitPathsConfig, sweep_variance
-from ..experiments.skipinit_train import BATCH_CLAIMS, DEPTH_CLAIMS, LR_GRID, sweep_batch, sweep_depth
+from ..experiments.skipinit_train import BATCH_CLAIMS, DEPTH_CLAIMS, sweep_batch, sweep_depth
 from ..measure.path_depth import share_within
 from ..runner import load_or_run
 
@@ -208,9 +208,9 @@ def batch_values(batch_df) -> dict:
             "ratio_large": [2 ** log_ratio(s, bmax) for s in seeds]}
 
 
-def grid_note(profile: str) -> str:
+def grid_note(batch_df) -> str:
     """The lr grid per batch size, in words."""
-    return "; ".join(f"batch {b}: lr {min(g):g} to {max(g):g}" for b, g in LR_GRID[profile].items())
+    return "; ".join(f"batch {b}: lr {g.min():g} to {g.max():g}" for b, g in batch_df.groupby("batch")["lr"])
 
 
 # ------------------------------------------------------------------ claims
@@ -220,7 +220,8 @@ def score(results: dict, profile: str) -> list[Claim]:
     lin = var[var["kind"] == "linear"].sort_values("seed")
     conv = var[var["kind"] == "conv"]
     depth = deepest_values(depth_frame(results["depth"]))
-    batch = batch_values(batch_frame(results["batch"]))
+    batch_df = batch_frame(results["batch"])
+    batch = batch_values(batch_df)
     vcfg = {r.config["kind"]: r.config for r in results["variance"]}
     dcfg, bcfg = results["depth"][-1].config, results["batch"][0].config
     device = results["depth"][0].provenance["device"]
@@ -239,7 +240,7 @@ def score(results: dict, profile: str) -> list[Claim]:
                                    f"{COMPARE_EPOCHS} that a comparison of trained networks needs")
     batch_scale = (f"{profile} profile: ResNet-{bcfg['depth']}, {bcfg['epochs']} epochs over "
                    f"{bcfg['n_train'] or 'all'} {bcfg['dataset']} images at every batch size "
-                   f"({batch['bmin']} to {batch['bmax']}), {grid_note(profile)}")
+                   f"({batch['bmin']} to {batch['bmax']}), {grid_note(batch_df)}")
     if batch["edges"]:
         batch_scale += "; not scored: the best lr lies on the grid's edge for " + ", ".join(
             f"{a} at batch {b}" for a, b in batch["edges"])

@@ -15,7 +15,7 @@
 Profiles: ``paper`` is the n-2 Wide-ResNet on CIFAR-10 (200 epochs as in the
 paper; batch 64, lr 0.1 and the schedule are our choices), for a GPU;
 ``cpu`` is a narrow ResNet (channels 8/16/32 after a stride-2 stem) on
-Fashion-MNIST: 50 steps of batch 32 in the depth sweep, 4 epochs over 2,048
+Fashion-MNIST: 40 steps of batch 32 in the depth sweep, 4 epochs over 2,048
 images in the batch sweep; ``smoke`` a few steps.
 """
 
@@ -132,8 +132,8 @@ class SkipInitDepthConfig(_TrainConfig):
     experiment = "skipinit_depth"
     result_keys = _KEYS
     profiles = {"smoke": {"train_examples": 64, "n_train": 512, "n_test": 128},
-                # 50 steps of batch 32: enough to tell "trains" from "diverges" or "stays at chance"
-                "cpu": {"train_examples": 1600, "n_test": 500},
+                # 40 steps of batch 32: enough to tell "trains" from "diverges" or "stays at chance"
+                "cpu": {"train_examples": 1280, "n_test": 500},
                 "paper": _PAPER}
 
 
@@ -146,11 +146,14 @@ DEPTH_SEEDS = {"smoke": (0,), "cpu": (0, 1, 2), "paper": (0, 1, 2)}
 
 def depth_seeds(profile: str, variant: str, depth: int) -> tuple[int, ...]:
     """Seeds of one arm at one depth. On the CPU only the scored arms at the deepest depth
-    get every seed (a 1,000-layer run costs about a CPU minute); the rest of the figure has one."""
+    get every seed (a 1,000-layer run costs about a CPU minute); the rest of the figure has one,
+    and alpha = 1/sqrt(d), unscored, stops short of the deepest depth."""
     seeds = DEPTH_SEEDS[profile]
-    if profile == "cpu" and not (depth == max(DEPTHS[profile]) and variant in CLAIM_VARIANTS):
-        return seeds[:1]
-    return seeds
+    if profile != "cpu":
+        return seeds
+    if depth == max(DEPTHS[profile]):
+        return seeds if variant in CLAIM_VARIANTS else () if variant == "skipinit_sqrt_d" else seeds[:1]
+    return seeds[:1]
 
 
 def sweep_depth(profile: str) -> list[SkipInitDepthConfig]:
