@@ -40,7 +40,7 @@ BATCH_ARMS = {"bn": "BN", "skipinit": "SkipInit"}
 PATHS_97 = ClaimSpec(
     "paths-97pct", EXACT, "share of the output variance from paths through at most 15 residual branches, "
     "10,000 normalized blocks, the variance entering block i being i", "97%", within(0.97, 0.005),
-    "the paper prints 97%: a whole percent, so ±0.5 points", source="de2020batch", where="Sec. 3, Fig. 3",
+    "the paper prints 97%: a whole percent, so ±0.5 points", source="de2020batch", where="Fig. 3",
     fmt="{:.4f}")
 
 #: Every claim the chapter scores, in its table's order.
@@ -214,6 +214,10 @@ def grid_note(batch_df) -> str:
 
 
 # ------------------------------------------------------------------ claims
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def score(results: dict, profile: str) -> list[Claim]:
     """The paper's claims vs ours, by the rules of :data:`SPECS` (one value per seed)."""
     var = variance_frame(results["variance"])
@@ -228,10 +232,10 @@ def score(results: dict, profile: str) -> list[Claim]:
     paths_cfg = results["paths"][0].config
 
     fig4a_scale = (f"{profile} profile: {vcfg['linear']['num_blocks']} blocks of width {vcfg['linear']['width']}, "
-                   f"Gaussian inputs, {len(lin)} random networks")
+                   f"Gaussian inputs, {_count(len(lin), 'random network')}")
     fig4b_scale = (f"{profile} profile: ResNet-{vcfg['conv']['depth']} with BN, {vcfg['conv']['base_width']}-"
                    f"{4 * vcfg['conv']['base_width'] * vcfg['conv']['widen']} channels, {vcfg['conv']['dataset']}, "
-                   f"{conv['seed'].nunique()} random networks")
+                   f"{_count(conv['seed'].nunique(), 'random network')}")
     depth_scale = (f"{profile} profile: {depth['dmax']} layers, channels {dcfg['base_width']}-"
                    f"{4 * dcfg['base_width'] * dcfg['widen']}, {dcfg['dataset']}, "
                    f"{results['depth'][-1]['planned_steps']} steps of batch {dcfg['batch_size']}, {device}")

@@ -200,12 +200,12 @@ DEPTH_CLAIMS = register_claims("skipinit_depth", [
     ClaimSpec("skipinit-trains-1000", EMPIRICAL, "SkipInit (no normalization, alpha = 0) trains at 1,000 "
               "layers: test accuracy after a short run", "trains", at_least(0.15),
               "chance is 0.1; above 0.15 the network has learned, not merely survived; " + _CHANCE_NOTE,
-              source="de2020batch", where="Sec. 4, Table 1"),
+              source="de2020batch", where="Table 1"),
     ClaimSpec("skipinit-comparable-1000", EMPIRICAL, "SkipInit at 1,000 layers is comparable to BN once both "
               "are trained: test accuracy SkipInit - BN, paired by seed", "comparable", at_least(-0.01),
               "'comparable' read as within one point of BN's test accuracy; only runs trained for at least "
               "10 epochs are scored (shorter runs measure the speed of the first steps)",
-              source="de2020batch", where="Sec. 4, Table 1"),
+              source="de2020batch", where="Table 1"),
     ClaimSpec("alpha1-fails", EMPIRICAL, "no normalization, alpha = 1 fails at 1,000 layers: test accuracy",
               "fails", at_most(0.15), "0.15 is the line between learning and chance (0.1); " + _CHANCE_NOTE,
               source="de2020batch", where="Table 2"),
@@ -218,17 +218,17 @@ _LR_STEP = "one step of the grid (a factor of 2)"
 BATCH_CLAIMS = register_claims("skipinit_batch", [
     ClaimSpec("small-batch-lr-similar", EMPIRICAL, "at the smallest batch the best learning rates of BN and "
               "SkipInit are similar: log2(best lr BN / best lr SkipInit)", "similar", within(0.0, 1.0),
-              "similar read as within " + _LR_STEP, source="de2020batch", where="Sec. 5, Figs. 5-6"),
+              "similar read as within " + _LR_STEP, source="de2020batch", where="Figs. 5-6"),
     ClaimSpec("bn-lr-ratio-grows", EMPIRICAL, "BN's best learning rate grows relative to SkipInit's with the "
               "batch size: log2 of the ratio at the largest batch minus at the smallest", "grows",
               at_least(1.0, null=0.0), "at least " + _LR_STEP + "; a smaller positive growth is partly",
-              source="de2020batch", where="Sec. 5, Figs. 5-6"),
+              source="de2020batch", where="Figs. 5-6"),
     ClaimSpec("small-batch-similar", EMPIRICAL, "at the smallest batch BN and SkipInit reach similar test "
               "accuracy at their best learning rates: BN - SkipInit", "minimal benefit of BN", within(0.0, 0.02),
               "two points of test accuracy, about the spread between seeds of one arm",
-              source="de2020batch", where="Sec. 5, Figs. 5-6"),
+              source="de2020batch", where="Figs. 5-6"),
     ClaimSpec("bn-advantage-grows", EMPIRICAL, "BN's test-accuracy advantage over SkipInit grows with the "
               "batch size: advantage at the largest batch minus at the smallest", "appears at large batch",
               at_least(0.05, null=0.0), "five points; a smaller positive growth is partly",
-              source="de2020batch", where="Sec. 5, Figs. 5-6"),
+              source="de2020batch", where="Figs. 5-6"),
 ])
