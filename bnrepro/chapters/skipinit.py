@@ -210,7 +210,7 @@ def batch_values(batch_df) -> dict:
 
 def grid_note(batch_df) -> str:
     """The lr grid per batch size, in words."""
-    return "; ".join(f"batch {b}: lr {g.min():g} to {g.max():g}" for b, g in batch_df.groupby("batch")["lr"])
+    return "; ".join(f"batch {b}: lr {g.min():.4g} to {g.max():.4g}" for b, g in batch_df.groupby("batch")["lr"])
 
 
 # ------------------------------------------------------------------ claims
