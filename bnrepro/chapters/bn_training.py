@@ -255,7 +255,7 @@ def scale_of(cfgs: Sequence, device: str) -> str:
     steps = sorted({x.steps for x in cfgs})
     seeds = sorted({x.seed for x in cfgs})
     return (f"{net}, {data}, {'/'.join(f'{s:,}' for s in steps)} steps, "
-            f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}, {device}")
+            f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}, {device.split(' (')[0]}")
 
 
 def score(results: dict[str, Result], profile: str) -> list[Claim]:
@@ -286,3 +286,34 @@ def score(results: dict[str, Result], profile: str) -> list[Claim]:
 def claims(profile: str, device=None) -> list[Claim]:
     """The scorecard's entry point: load the chapter's runs quietly and score them."""
     return score(load(profile, device, verbose=False), profile)
+
+
+#: The chapter's verdicts under the old scoring (a point estimate against a threshold, 1-2 seeds; commit
+#: e67c832 scored on the results stored then), for the "what changed" table. None: not scored then.
+OLD_VERDICTS = {
+    "bn-fewer-steps": ("partly", "1.89"), "bn-higher-accuracy": ("reproduced", "+0.0166"),
+    "bn-stable-inputs": ("partly", "1.77"), "sigmoid-without-bn-fails": ("reproduced", "0.100"),
+    "sigmoid-with-bn-trains": ("reproduced", "0.984"), "bn-less-careful-init": None,
+    "bn-x5-faster": ("partly", "1.81"), "bn-x30-faster": ("partly", "1.73"),
+    "bn-x30-slower-than-x5": ("partly", "1.05"), "bn-x30-ends-higher": ("partly", "-0.0015"),
+    "no-bn-fails-at-x5": ("not reproduced", "0.00"), "no-bn-fails-at-x30": ("reproduced", "1.00"),
+    "bias-gradient-zero": ("reproduced", "2.2e-15"), "bias-redundant": ("reproduced", "0.0000"),
+    "bn-remove-dropout": ("reproduced", "+0.0049"),
+}
+
+
+def verdict_changes(claims: Sequence[Claim]):
+    """One row per claim, old and new: verdict and value under the old scoring, verdict, mean and n now."""
+    import pandas as pd
+
+    now = {c.id: c for c in claims}
+    rows = []
+    for cid in list(now) + [i for i in OLD_VERDICTS if i not in now]:
+        old = OLD_VERDICTS.get(cid)
+        c = now.get(cid)
+        row = c.row() if c else None
+        rows.append({"claim": cid, "old verdict": old[0] if old else "not scored",
+                     "old value": old[1] if old else "",
+                     "new verdict": c.verdict if c else "not a claim of the paper (kept in the text)",
+                     "new mean": row["ours"] if c else "", "n": str(c.n) if c else ""})
+    return pd.DataFrame(rows).set_index("claim")
