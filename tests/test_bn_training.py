@@ -446,7 +446,8 @@ def test_chapter_claims_smoke_runs_stores_and_is_listed(tmp_results, monkeypatch
     assert all(c.scale.startswith("smoke profile") for c in claims if c.id != "bias-gradient-zero")
     stored = list((tmp_results / "bn_training").glob("*.json"))
     assert len(stored) == len(bt.sweep("smoke"))
-    assert [c.row() for c in chapter.claims("smoke")] == [c.row() for c in claims]  # loaded, identical
+    # loaded, identical (compared as text: NaN values, of claims without a number at smoke, never equal)
+    assert str([c.row() for c in chapter.claims("smoke")]) == str([c.row() for c in claims])
     listed = {c.doc: c for c in scorecard.chapters()}["book/bn_training"]
     assert listed.claims is chapter.claims
 
