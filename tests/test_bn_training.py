@@ -423,7 +423,7 @@ def test_claims_are_registered_with_kinds_sources_and_enough_seeds():
             assert s.n >= 3
             assert s.n <= len(bt.SEEDS_5["cpu"] if s.n == 5 else bt.SEEDS["cpu"])
     # the stored sweep has the seeds the claims ask for, per arm
-    for group, n in (("fig1", 5), ("vgg_lr", 5), ("deep", 3), ("deep_tiny", 3)):
+    for group, n in (("fig1", 5), ("vgg_lr", 5), ("deep", 5), ("deep_tiny", 5)):
         cfgs = bt.groups("cpu", dataset="fashion-mnist")[group]
         per_arm = {}
         for c in cfgs:
