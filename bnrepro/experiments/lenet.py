@@ -5,11 +5,9 @@ SGD, lr 1.0, batch 256, 10 epochs, on pixels scaled to [0, 1] (``ToTensor``,
 no standardization), and prints train acc 0.899-0.902 and test acc
 0.708-0.853 (three printed runs). ``standardize_inputs=False`` is that input
 pipeline; the default (``True``) standardizes with the training set's mean
-and std, as the book's other experiments do. The test accuracy swings mostly because
-of the weights at lr 1.0, not because eval mode uses running statistics that
-lag the model: with population statistics recomputed over the training set
-(Algorithm 2) it swings nearly as much (``bn_inference`` experiment, chapter
-"BN from first principles").
+and std, as the book's other experiments do. How much of the test accuracy's
+swings comes from eval mode's running averages is measured by the
+``bn_inference`` experiment (chapter "BN from first principles").
 
 The chapter's tables and scored claims: :mod:`bnrepro.chapters.lenet`.
 """
