@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bnrepro.core.device import describe_device, get_device, synchronize
+from bnrepro.core.device import cpu_threads, describe_device, get_device, synchronize
 
 
 @pytest.fixture(autouse=True)
@@ -71,7 +71,10 @@ def test_unavailable_cuda_is_an_error(monkeypatch):
 
 def test_describe_and_synchronize_cpu():
     text = describe_device("cpu")
-    assert text == f"cpu ({torch.get_num_threads()} threads)"
+    n = torch.get_num_threads()
+    assert text == f"cpu ({n} thread{'' if n == 1 else 's'})"
+    with cpu_threads():
+        assert describe_device("cpu") == "cpu (1 thread)"  # never "1 threads"
     assert synchronize(torch.device("cpu")) is None
 
 

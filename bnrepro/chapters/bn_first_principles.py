@@ -1,17 +1,12 @@
 """The chapter "Batch normalization from first principles": its runs, checks and claims.
 
-``book/bn_first_principles.ipynb`` derives BN from scratch in the open and
-demonstrates each point inline. This module recomputes every number its
-claims table needs with the package's own code -- :mod:`bnrepro.nn.batchnorm` against
-PyTorch, the measurements of :mod:`bnrepro.measure`, the stored runs of the ``bn_inference``
-experiment (:func:`load`, tabulated by :func:`checkpoint_table` and
-:func:`gap_summary`) -- and :func:`score` scores them. The chapter's claims
-table and the scorecard page (through :func:`claims`) score the same numbers
-with the same code, so the two can never disagree. Every rule and threshold
-was fixed before computing; the chapter's "Claims" section states them in prose.
-
-The exact checks use the chapter's shapes and seeds, so they give the same
-numbers as its inline demonstrations; the global random state is left as it was.
+``book/bn_first_principles.ipynb`` derives BN from scratch and demonstrates each point
+inline. This module recomputes every number its claims table needs with the package's
+own code (:mod:`bnrepro.nn.batchnorm` against PyTorch, :mod:`bnrepro.measure`, the stored
+``bn_inference`` runs: :func:`load`, :func:`checkpoint_table`, :func:`gap_summary`) and
+:func:`score` scores them by the rules of :data:`SPECS`, fixed before computing; the
+chapter and the scorecard (:func:`claims`) run the same code. The checks use the
+chapter's shapes and seeds; the global random state is left as it was.
 """
 
 from __future__ import annotations
@@ -20,27 +15,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.claims import Claim, at_least, at_most
+from ..core.claims import CHECK, EMPIRICAL, EXACT, Claim, ClaimSpec, at_least, at_most
 from ..core.device import cpu_threads
 from ..core.store import Result
-from ..experiments.bn_inference import sweep
+from ..experiments.bn_inference import CLAIMS as INFERENCE_CLAIMS
+from ..experiments.bn_inference import EARLY_STEPS, LATE_FRACTION, sweep
 from ..measure.bias_explosion import bias_explosion
 from ..measure.feature_scaling import feature_scaling_regression
 from ..measure.speed import bn_speed
 from ..nn import batchnorm as bnr
 from ..runner import load_or_run
 
-IS = "Ioffe & Szegedy 2015"
 SHAPES = ((32, 5), (16, 3, 6, 6))        # a fully connected and a convolutional activation
 SCALES = (0.01, 0.1, 10.0, 1000.0)       # the a of Section 3.3's BN((aW)u) = BN(Wu)
 BIAS_STEPS = 200                         # Section 2's bias explosion, full-batch GD steps
 SCALING_STEPS = 300                      # feature scaling: SGD steps per run
 SCALING_LRS = (1e-5, 3e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 SPEED_SHAPE = (64, 32, 28, 28)           # a convolution-sized activation (batch 64, 32 channels)
+DRAW_SEEDS = (0, 1, 2)                   # seeds of the random problems (bias explosion, feature scaling)
 
 
-def max_abs(a, b) -> float:
-    """Largest absolute difference between two tensors, as a float."""
+def max_abs(a, b) -> float:  # largest absolute difference between two tensors, as a float
     return (a - b).abs().max().item()
 
 
@@ -79,8 +74,7 @@ def _gradient_inputs(shape, seed=1):
 
 
 def backward_deviation() -> float:
-    """Section 3's backward pass, in the package's closed form, against autograd through
-    Algorithm 1 and against PyTorch, float64: the largest absolute gradient difference."""
+    """Sec. 3: the package's closed-form backward vs autograd through Alg. 1 and PyTorch (float64)."""
     worst = 0.0
     for shape in SHAPES:
         X, gamma, beta, dY = _gradient_inputs(shape)
@@ -91,8 +85,7 @@ def backward_deviation() -> float:
 
 
 def _functional_deviation(shape, steps=5, seed=0) -> float:
-    """bnrepro.nn.batchnorm.batch_norm vs F.batch_norm: outputs and running statistics over
-    ``steps`` training batches and one inference batch, float32."""
+    """batch_norm vs F.batch_norm: outputs, running stats over ``steps`` batches + 1 in eval, float32."""
     g = torch.Generator().manual_seed(seed)
     C = shape[1]
     gamma, beta = torch.rand(C, generator=g) + 0.5, torch.randn(C, generator=g)
@@ -131,8 +124,7 @@ def _module_deviation(shape, steps=4, seed=2) -> float:
 
 
 def package_deviation() -> float:
-    """bnrepro.nn.batchnorm against PyTorch in float32 (``max_dev``): the functional form's outputs
-    and running statistics, its gradients, and the module trained and evaluated."""
+    """bnrepro.nn.batchnorm vs PyTorch in float32 (``max_dev``): functional form, gradients, module."""
     grads = max(max_dev(a, b) for shape in SHAPES
                 for a, b in zip(*(_grads(f, *(t.float() for t in _gradient_inputs(shape)))
                                   for f in (_package_bn, _torch_bn))))
@@ -187,30 +179,29 @@ def scale_invariance(seed: int = 0) -> dict[str, float]:
             "gradient": max(rel(a * loss_grad(a * W), grad_ref) for a in SCALES)}
 
 
-def bias_numbers(steps: int = BIAS_STEPS) -> dict[str, float]:
+def bias_numbers(steps: int = BIAS_STEPS, seed: int = 0) -> dict[str, float]:
     """Section 2 (:func:`bnrepro.measure.bias_explosion.bias_explosion`): ``growth`` = ||b_T|| / ||b_T/2|| with
     the mean outside the gradient, ``loss_move_from_b`` = the largest loss change a bias step
     causes there, ``b_change_inside`` = the range of ||b|| with the mean inside the gradient."""
-    outside = bias_explosion(in_gradient=False, steps=steps)
-    inside = bias_explosion(in_gradient=True, steps=steps)
+    outside = bias_explosion(in_gradient=False, steps=steps, seed=seed)
+    inside = bias_explosion(in_gradient=True, steps=steps, seed=seed)
     return {"growth": outside["b_norm"][-1] / outside["b_norm"][steps // 2],
             "loss_move_from_b": max(abs(v) for v in outside["loss_change_from_b"]),
             "b_change_inside": max(inside["b_norm"]) - min(inside["b_norm"])}
 
 
-def best_scaling_losses(steps: int = SCALING_STEPS) -> dict[str, float]:
+def best_scaling_losses(steps: int = SCALING_STEPS, seed: int = 0) -> dict[str, float]:
     """Feature scaling (:func:`bnrepro.measure.feature_scaling.feature_scaling_regression`): per method, the
     lowest final loss over :data:`SCALING_LRS` among the runs that did not diverge."""
     best = {}
     for method in ("raw", "standardized", "bn"):
-        runs = [feature_scaling_regression(method, lr, steps=steps) for lr in SCALING_LRS]
+        runs = [feature_scaling_regression(method, lr, steps=steps, seed=seed) for lr in SCALING_LRS]
         best[method] = min(r["final_loss"] for r in runs if not r["diverged"])
     return best
 
 
 def running_var_gap(m: int = 8, seed: int = 0) -> float:
-    """Algorithm 2 / PyTorch: after one batch of ``m`` with momentum 1, |running_var - the
-    unbiased batch variance m/(m-1) sigma_B^2|, largest over 3 channels, float32."""
+    """|running_var - m/(m-1) sigma_B^2| after one batch of ``m`` with momentum 1 (3 channels, float32)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         x = torch.randn(m, 3) * 2 + 1
@@ -220,8 +211,7 @@ def running_var_gap(m: int = 8, seed: int = 0) -> float:
 
 
 def keras_deviation(batches: int = 200, m: int = 16, channels: int = 1000, seed: int = 1) -> float:
-    """PyTorch momentum 0.1 against Keras's rule with decay momentum_to_decay(0.1) = 0.9,
-    replayed by hand: the largest difference in running mean or variance after ``batches``."""
+    """PyTorch momentum 0.1 vs Keras's rule with decay 0.9 replayed by hand: max |diff| of the stats."""
     decay = bnr.momentum_to_decay(0.1)
     layer = nn.BatchNorm1d(channels, momentum=0.1)
     mean, var = torch.zeros(channels), torch.ones(channels)
@@ -239,10 +229,6 @@ def keras_deviation(batches: int = 200, m: int = 16, channels: int = 1000, seed:
 def load(profile: str, device=None, verbose: bool = True) -> list[Result]:
     """Every run of the ``bn_inference`` sweep, from the results store (run if missing)."""
     return [load_or_run(cfg, device=device, verbose=verbose) for cfg in sweep(profile)]
-
-
-EARLY_STEPS = 10        # "early": the running averages still remember their (0, 1) start
-LATE_FRACTION = 0.2     # "late": checkpoints from 20% of the run on
 
 
 def checkpoint_table(results: list[Result]):
@@ -277,10 +263,18 @@ def gap_summary(ckpt):
     })
 
 
+def per_run_gaps(ckpt):
+    """One row per run (lr, seed): its early gap and its late gap (means over its checkpoints)."""
+    import pandas as pd
+
+    early = ckpt[ckpt["step"] <= EARLY_STEPS].groupby(["lr", "seed"])["gap"].mean()
+    late = ckpt[ckpt["step"] >= LATE_FRACTION * ckpt["step"].max()].groupby(["lr", "seed"])["gap"].mean()
+    return pd.DataFrame({"early": early, "late": late}).reset_index()
+
+
 def gap_numbers(ckpt) -> dict[str, float]:
-    """The numbers the chapter quotes and scores: the early gap over every
-    run, and the late gap, share of positive late gaps and late accuracy spreads at lr 1.0
-    (``*_high``) and lr 0.1 (``*_low``)."""
+    """The early gap over every run; late gap, share of positive late gaps and late accuracy
+    spreads at lr 1.0 (``*_high``) and lr 0.1 (``*_low``)."""
     gaps = gap_summary(ckpt)
     late = "late gap (steps >= 20% of run)"
     return {"early_gap": float(ckpt.loc[ckpt["step"] <= EARLY_STEPS, "gap"].mean()),
@@ -291,84 +285,110 @@ def gap_numbers(ckpt) -> dict[str, float]:
 
 
 def measure_speed(profile: str) -> dict:
-    """:func:`bnrepro.measure.speed.bn_speed` on :data:`SPEED_SHAPE`, one CPU thread, few repeats
-    (about a second): quick enough for the scorecard, noisy by some tens of percent."""
+    """:func:`bnrepro.measure.speed.bn_speed` on :data:`SPEED_SHAPE`, one thread, about a second."""
     return bn_speed(shape=SPEED_SHAPE, repeats=10 if profile == "smoke" else 20, warmup=3, threads=1)
 
 
 def quantities(profile: str, device=None, speed: dict | None = None) -> dict:
-    """Every number the claims read (a few seconds on a CPU, plus the ``bn_inference`` sweep
+    """Every number the claims read (some seconds on a CPU, plus the ``bn_inference`` sweep
     if it is not stored). ``speed``: a :func:`measure_speed` result to reuse (the chapter
-    passes the one it shows), else measured here."""
+    passes the one it shows), else measured here. Random problems are solved for each of
+    :data:`DRAW_SEEDS` (lists, one value per seed)."""
     inference = load(profile, device, verbose=False)
-    q = {"speed": speed or measure_speed(profile), **gap_numbers(checkpoint_table(inference))}
+    ckpt = checkpoint_table(inference)
+    runs = per_run_gaps(ckpt)
+    q = {"speed": speed or measure_speed(profile), **gap_numbers(ckpt),
+         "early_gaps": list(runs["early"]),
+         "late_gaps_high": list(runs.loc[runs["lr"] == 1.0, "late"]),
+         "late_gaps_low": list(runs.loc[runs["lr"] == 0.1, "late"])}
     with cpu_threads():
         q.update(derivation_dev=backward_deviation(), package_dev=package_deviation(),
                  conv_fc_dev=conv_fc_deviation(), var_gap=running_var_gap(),
-                 keras_dev=keras_deviation(), **{f"scale_{k}": v for k, v in scale_invariance().items()},
-                 **bias_numbers())
-        best = best_scaling_losses()
-    q.update(raw_over_std=best["raw"] / best["standardized"], raw_over_bn=best["raw"] / best["bn"])
+                 keras_dev=keras_deviation(), **{f"scale_{k}": v for k, v in scale_invariance().items()})
+        bias = [bias_numbers(seed=seed) for seed in DRAW_SEEDS]
+        best = [best_scaling_losses(seed=seed) for seed in DRAW_SEEDS]
+    q.update({k: [b[k] for b in bias] for k in bias[0]})
+    q.update(raw_over_std=[b["raw"] / b["standardized"] for b in best],
+             raw_over_bn=[b["raw"] / b["bn"] for b in best])
     return q
 
 
+_F64 = "an identity: float64 rounding is about 1e-16 per operation, far below 1e-10"
+_F32 = "an identity: float32 rounding (relative to the largest entry) stays below 1e-5"
+#: The claims computed live in this chapter (no stored run), in table order; the
+#: bn_inference claims (registered by the experiment) follow them in :data:`SPECS`.
+LIVE = {s.id: s for s in (
+    ClaimSpec("backward-equations", CHECK, "the backward equations give the true gradient (max abs dev. "
+              "from autograd and PyTorch, float64)", "exact", at_most(1e-10), _F64, source="ioffe2015batch",
+              where="Sec. 3", fmt="{:.1e}"),
+    ClaimSpec("package-equals-pytorch", CHECK, "bnrepro BN equals PyTorch BN: outputs, gradients, running "
+              "stats (max_dev, float32)", "equal", at_most(1e-5), _F32, source="pytorch_batchnorm",
+              where="BatchNorm1d/BatchNorm2d", fmt="{:.1e}"),
+    ClaimSpec("conv-1x1-is-fc", CHECK, "1x1 conv + BN2d = pixels-as-batch Linear + BN1d (max_dev, float32)",
+              "equal", at_most(1e-5), _F32, source="ioffe2015batch", where="Sec. 3.2", fmt="{:.1e}"),
+    ClaimSpec("scale-invariance-output", CHECK, "BN((aW)u) = BN(Wu), eps = 0 (max relative dev., "
+              "a = 0.01..1000)", "exact", at_most(1e-10), _F64, source="ioffe2015batch", where="Sec. 3.3",
+              fmt="{:.1e}"),
+    ClaimSpec("scale-invariance-jacobian", CHECK, "dBN((aW)u)/du = dBN(Wu)/du (max relative dev.)", "exact",
+              at_most(1e-10), _F64, source="ioffe2015batch", where="Sec. 3.3", fmt="{:.1e}"),
+    ClaimSpec("gradient-scales-1/a", CHECK, "dl/d(aW) = (1/a) dl/dW (max relative dev.)", "exact",
+              at_most(1e-10), _F64, source="ioffe2015batch", where="Sec. 3.3", fmt="{:.1e}"),
+    ClaimSpec("bias-grows-outside-gradient", EXACT, "normalizing outside the gradient: b grows without "
+              "bound (||b_T|| / ||b_T/2||, 3 random problems)", "grows indefinitely", at_least(1.5, null=1.0),
+              "linear growth gives 2, a bounded bias about 1: at least 1.5; partly if it grows at all",
+              source="ioffe2015batch", where="Sec. 2", fmt="{:.2f}"),
+    ClaimSpec("loss-fixed-while-b-grows", EXACT, "... while a bias step leaves the loss unchanged (max |loss "
+              "change|, 3 random problems)", "no change", at_most(1e-10), _F64, source="ioffe2015batch",
+              where="Sec. 2", fmt="{:.1e}"),
+    ClaimSpec("bias-bounded-inside-gradient", EXACT, "normalization inside the gradient: b does not move "
+              "(range of ||b||, 3 random problems)", "bounded", at_most(1e-10), _F64, source="ioffe2015batch",
+              where="Sec. 2", fmt="{:.1e}"),
+    ClaimSpec("standardizing-speeds-up", EMPIRICAL, "whitened (standardized) inputs converge faster: best raw "
+              "loss / best standardized loss after 300 SGD steps, per seed", "faster",
+              at_least(10, null=1.0), "an order of magnitude lower loss at the same budget; partly if lower "
+              "at all", source="ioffe2015batch", where="Sec. 2 (citing LeCun et al. 1998)", fmt="{:.0f}"),
+    ClaimSpec("bn-fixes-scaling", EMPIRICAL, "a BN layer in front fixes the badly scaled input: best raw loss "
+              "/ best BN loss after 300 SGD steps, per seed", "faster", at_least(10, null=1.0),
+              "an order of magnitude lower loss at the same budget; partly if lower at all",
+              source="ioffe2015batch", where="Sec. 3 (normalizing each layer's inputs)", fmt="{:.0f}"),
+    ClaimSpec("running-var-unbiased", CHECK, "running_var stores the unbiased variance m/(m-1) σ_B² "
+              "(max abs dev., m = 8)", "unbiased", at_most(1e-5), _F32, source="pytorch_batchnorm",
+              where="running_var (unbiased estimator); Alg. 2 of ioffe2015batch", fmt="{:.1e}"),
+    ClaimSpec("pytorch-0.1-is-keras-0.9", CHECK, "PyTorch momentum 0.1 = Keras momentum 0.9 (max abs dev. of "
+              "running stats, 200 batches)", "equal", at_most(1e-5), _F32, source="keras_batchnorm",
+              where="momentum: moving_mean = moving_mean * momentum + mean(batch) * (1 - momentum)",
+              fmt="{:.1e}"),
+    ClaimSpec("bn-speed", CHECK, "package BN forward+backward time / PyTorch's (64x32x28x28, CPU)", "<= 2",
+              at_most(2.0), "pure PyTorch code within twice the time of PyTorch's fused kernel: our "
+              "engineering target", fmt="{:.2f}"),
+)}
+#: Every claim the chapter scores, in its table's order (the stored runs' claims before the speed).
+SPECS = tuple(LIVE[i] for i in list(LIVE)[:-1]) + tuple(INFERENCE_CLAIMS.values()) + (LIVE["bn-speed"],)
+
+
 def score(q: dict, profile: str) -> list[Claim]:
-    """The chapter's claims: :func:`quantities` scored by rules fixed before computing."""
-    scale = f"{profile} profile, CPU, float64 for identities unless noted"
-    f32 = f"{profile} profile, float32"
-    lenet = f"{profile} profile, BN-LeNet, Fashion-MNIST"
-    lsq = "least squares, feature mean 200, float32"
+    """The chapter's claims: :func:`quantities` scored by the rules of :data:`SPECS`."""
+    f64, f32 = "CPU, float64", "CPU, float32"
+    lenet = (f"{profile} profile: BN-LeNet, Fashion-MNIST (pixels in [0, 1]), "
+             f"{len(q['late_gaps_high'])} seeds per lr, one run each")
+    lsq = f"least squares, feature mean 200, float32, {len(DRAW_SEEDS)} seeds"
+    bias = f"toy bias + mean subtraction, float64, {len(DRAW_SEEDS)} random problems"
     speed = q["speed"]
-    return [
-        Claim("backward-equations", f"{IS}, Sec. 3", "the backward equations give the true gradient "
-              "(max abs dev. from autograd and PyTorch, float64)", "exact", q["derivation_dev"],
-              at_most(1e-10), scale, fmt="{:.1e}"),
-        Claim("package-equals-pytorch", "issue 3 / PyTorch semantics", "bnrepro BN equals PyTorch BN: "
-              "outputs, gradients, running stats (max_dev, float32)", "equal", q["package_dev"],
-              at_most(1e-5, 1e-4), f32, fmt="{:.1e}"),
-        Claim("conv-1x1-is-fc", f"{IS}, Sec. 3.2", "1x1 conv + BN2d = pixels-as-batch Linear + BN1d "
-              "(max_dev, float32)", "equal", q["conv_fc_dev"], at_most(1e-5), f32, fmt="{:.1e}"),
-        Claim("scale-invariance-output", f"{IS}, Sec. 3.3", "BN((aW)u) = BN(Wu), eps = 0 "
-              "(max relative dev., a = 0.01..1000)", "exact", q["scale_output"], at_most(1e-10), scale,
-              fmt="{:.1e}"),
-        Claim("scale-invariance-jacobian", f"{IS}, Sec. 3.3", "dBN((aW)u)/du = dBN(Wu)/du "
-              "(max relative dev.)", "exact", q["scale_jacobian"], at_most(1e-10), scale, fmt="{:.1e}"),
-        Claim("gradient-scales-1/a", f"{IS}, Sec. 3.3", "dl/d(aW) = (1/a) dl/dW (max relative dev.)",
-              "exact", q["scale_gradient"], at_most(1e-10), scale, fmt="{:.1e}"),
-        Claim("bias-grows-outside-gradient", f"{IS}, Sec. 2", "normalizing outside the gradient: "
-              "b grows without bound (||b_T|| / ||b_T/2||)", "grows indefinitely", q["growth"],
-              at_least(1.5, 0.4), scale, fmt="{:.2f}"),
-        Claim("loss-fixed-while-b-grows", f"{IS}, Sec. 2", "... while a bias step leaves the loss "
-              "unchanged (max |loss change|)", "no change", q["loss_move_from_b"], at_most(1e-10), scale,
-              fmt="{:.1e}"),
-        Claim("bias-bounded-inside-gradient", f"{IS}, Sec. 2", "normalization inside the gradient: "
-              "b does not move (range of ||b||)", "bounded", q["b_change_inside"], at_most(1e-10), scale,
-              fmt="{:.1e}"),
-        Claim("standardizing-speeds-up", f"{IS}, Sec. 2 (LeCun et al. 1998)", "standardized inputs "
-              "converge faster (best raw loss / best standardized loss, 300 steps)", "faster",
-              q["raw_over_std"], at_least(10, 8), lsq, fmt="{:.0f}"),
-        Claim("bn-fixes-scaling", f"{IS}, Sec. 3; d2l BN chapter", "a BN layer in front fixes the badly "
-              "scaled input (best raw loss / best BN loss, 300 steps)", "faster", q["raw_over_bn"],
-              at_least(10, 8), lsq, fmt="{:.0f}"),
-        Claim("running-var-unbiased", f"{IS}, Alg. 2; PyTorch", "running_var stores the unbiased "
-              "variance m/(m-1) sigma_B^2 (max abs dev.)", "unbiased", q["var_gap"], at_most(1e-5),
-              "m = 8, float32", fmt="{:.1e}"),
-        Claim("pytorch-0.1-is-keras-0.9", "PyTorch / Keras docs", "PyTorch momentum 0.1 = Keras decay "
-              "0.9 (max abs dev. of running stats, 200 batches)", "equal", q["keras_dev"], at_most(1e-5),
-              "float32", fmt="{:.1e}"),
-        Claim("running-stats-warm-up", "running-average formula (part 3 here)", "in the first 10 steps "
-              "population statistics beat running averages (accuracy gap)", "> 0", q["early_gap"],
-              at_least(0.05, 0.045), lenet),
-        Claim("running-stats-trail-at-lr-1", "the usual explanation of d2l-zh's test-accuracy swings",
-              "at lr 1.0, population statistics beat running averages later in training (mean gap)",
-              "> 0", q["late_gap_high"], at_least(0.005, 0.005), lenet),
-        Claim("running-stats-fine-at-lr-0.1", "part 3 here (the gap grows with lr)", "at lr 0.1 the "
-              "late gap is negligible (|mean gap|)", "~ 0", abs(q["late_gap_low"]), at_most(0.005, 0.005),
-              lenet),
-        Claim("bn-speed", "issue 3 (our target)", "package BN forward+backward time / PyTorch's "
-              "(64x32x28x28, CPU)", "<= 2", speed["ratio"], at_most(2.0, 1.0),
-              f"{speed['threads']} CPU thread(s), timed when the claims are computed", fmt="{:.2f}"),
-    ]
+    threads = "one CPU thread" if speed["threads"] == 1 else f"{speed['threads']} CPU threads"
+    values = {"backward-equations": (q["derivation_dev"], f64), "package-equals-pytorch": (q["package_dev"], f32),
+        "conv-1x1-is-fc": (q["conv_fc_dev"], f32), "scale-invariance-output": (q["scale_output"], f64),
+        "scale-invariance-jacobian": (q["scale_jacobian"], f64),
+        "gradient-scales-1/a": (q["scale_gradient"], f64), "bias-grows-outside-gradient": (q["growth"], bias),
+        "loss-fixed-while-b-grows": (q["loss_move_from_b"], bias),
+        "bias-bounded-inside-gradient": (q["b_change_inside"], bias),
+        "standardizing-speeds-up": (q["raw_over_std"], lsq), "bn-fixes-scaling": (q["raw_over_bn"], lsq),
+        "running-var-unbiased": (q["var_gap"], "m = 8, float32"),
+        "pytorch-0.1-is-keras-0.9": (q["keras_dev"], "float32, 1000 channels"),
+        "running-stats-warm-up": (q["early_gaps"], lenet.replace("seeds per lr", "seeds per lr, both lrs")),
+        "running-stats-trail-at-lr-1": (q["late_gaps_high"], lenet),
+        "running-stats-fine-at-lr-0.1": (q["late_gaps_low"], lenet),
+        "bn-speed": (speed["ratio"], f"{threads}, timed when the claims are computed")}
+    return [spec.score(*values[spec.id]) for spec in SPECS]
 
 
 def claims(profile: str, device=None) -> list[Claim]:

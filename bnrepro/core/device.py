@@ -112,7 +112,8 @@ def describe_device(device: str | torch.device) -> str:
     """
     dev = torch.device(device)
     if dev.type == "cpu":
-        return f"cpu ({torch.get_num_threads()} threads)"
+        n = torch.get_num_threads()
+        return f"cpu ({n} thread{'' if n == 1 else 's'})"
     if dev.type == "cuda":
         # A bare "cuda" means the current device; name it so logs are unambiguous.
         index = torch.cuda.current_device() if dev.index is None else dev.index

@@ -29,6 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..core.claims import CHECK, ClaimSpec, at_least, at_most, register_claims
 from ..core.config import ExperimentConfig, require
 from ..core.results import Result, make_result
 from ..data.datasets import load_dataset
@@ -101,6 +102,16 @@ def run_equivalence(cfg: EquivalenceConfig, device=None) -> Result:
 
 
 register(EquivalenceConfig, run_equivalence)
+
+#: Checks of our code (no paper claim): exact in exact arithmetic, so judged at float64 rounding.
+EQUIVALENCE_CLAIMS = register_claims("bn_equivalence", [
+    ClaimSpec("per-device-bn-is-ghost-bn", CHECK, "DDP with per-device BN computes ghost BN with one ghost "
+              "batch per device: max |diff| of outputs, gradients, running stats (float64)", "0 (exact)",
+              at_most(1e-9), "an identity: float64 rounding after a few steps is far below 1e-9", fmt="{:.1e}"),
+    ClaimSpec("sync-bn-is-full-batch-bn", CHECK, "synchronized BN over devices = BN on the global batch, "
+              "unequal shards: max |diff| (float64)", "0 (exact)", at_most(1e-9),
+              "an identity: float64 rounding after a few steps is far below 1e-9", fmt="{:.1e}"),
+])
 
 
 # --------------------------------------------------------------------------- the cost of synchronizing
@@ -210,3 +221,10 @@ def run_sync_cost(cfg: SyncCostConfig, device=None) -> Result:
 
 
 register(SyncCostConfig, run_sync_cost)
+
+COST_CLAIMS = register_claims("sync_bn_cost", [
+    ClaimSpec("sync-bn-costs-time", CHECK, "synchronized BN is slower per step than per-device BN "
+              "(ratio of median step times, 2 processes)", "> 1", at_least(1.0),
+              "synchronizing adds two all-reduces per BN layer per step, so any ratio above 1 shows the cost",
+              fmt="{:.2f}"),
+])
