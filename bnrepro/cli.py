@@ -36,7 +36,7 @@ from .distributed.launch import WorkerError, torchrun_world
 from .distributed.parallel import plan
 from .experiments import get_experiment, list_experiments
 from .gpu.check import ok, run_check
-from .measure.speed import bn_speed, loop_benchmark
+from .measure.speed import CONV_NETS, bn_speed, conv_speed, loop_benchmark
 from .reproduce import reproduce
 from .runner.parallel import require_data_parallel, run_torchrun
 from .runner.sweep import EXECUTORS, Terminated, run_sweep
@@ -193,6 +193,13 @@ def cmd_bench(args) -> int:
         print(f"package BN, {what}, vs native BN, forward+backward on {speed['shape']} ({speed['device']}, "
               f"{speed['threads']} threads): {speed['ours_ms']:.2f} ms vs {speed['torch_ms']:.2f} ms, "
               f"ratio {speed['ratio']:.2f}x")
+    for net in CONV_NETS:
+        r = conv_speed(net, device=device)
+        parts = [f"{v} {r['ms'][v]:.1f} ms ({r['speedup'][v]:.2f}x, grads within {r['max_grad_diff'][v]:.0e})"
+                 for v in r["ms"]]
+        parts += [f"{v}: not measured ({why})" for v, why in r["skipped"].items()]
+        print(f"{net}, one SGD step at batch {r['batch_size']} ({r['device']}, {r['threads']} threads): "
+              + "; ".join(parts))
     return 0
 
 
@@ -254,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", default="fashion-mnist")
     p.add_argument("--fetch", action="store_true", help="download with torchvision if missing")
     p.set_defaults(func=cmd_data)
-    p = sub.add_parser("bench", help="images/s of the training loop vs a DataLoader loop; package BN vs native BN")
+    p = sub.add_parser("bench", help="images/s of the training loop vs a DataLoader loop; package BN vs native BN; "
+                       "conv nets eager vs channels_last vs torch.compile")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--device")

@@ -8,8 +8,25 @@ traceback, a warning or a progress bar's control characters, a request
 for a resource that is not there (any request leaving the local server
 counts: the book must work offline), or a page that does not get ready (load
 event, MathJax's first typeset, images, fonts: each wait bounded, and a page
-that passes the bound is one problem line naming what it waited for). Saves
-screenshots of the intro and of each chapter's first figure for review.
+that passes the bound is one problem line naming what it waited for).
+
+What a reader trips over, too (issue 17's probes; each is shown to fail on a
+small broken page by tests/test_book_html.py):
+
+* a truncated table: pandas' "N rows × M columns" or a row/column of "..." cells;
+* anything wider than the article column at 1280 px: a table, a picture or a code
+  block whose box runs past the column (display math may scroll in its own box,
+  a table or a printed output may not), or a page that scrolls sideways;
+* raw TeX (a backslash command such as \\gamma) in the page's <title>, the
+  navigation (sidebars, header, table of contents) or the text;
+* a local path (/home/, /tmp/, /work/, /root/, ~/.cache) or a tracker word
+  ("issue 12", "issue seed") in the text or the outputs;
+* more than one "found stored result" line on a page;
+* a Python repr in an output: a pandas Series footer ("Name: x, dtype: float64"),
+  "<... object at 0x...>", or a figure printed as "<Figure size ...>".
+
+Saves screenshots of the intro, of each chapter's first figure and of each
+page's first claims table for review.
 """
 
 from __future__ import annotations
@@ -30,6 +47,12 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 BAD_OUTPUT = re.compile(r"Traceback \(most recent call last\)|\b\w*Warning\b:|\x1b\[|\r|\d+it/s\]|it/s\]")
 RAW_MATH = re.compile(r"\\\(|\\\[|\$\$|\\begin\{")
+TRUNCATED = re.compile(r"\b\d+ rows × \d+ columns\b")
+RAW_TEX = re.compile(r"\\[A-Za-z]{2,}")
+LOCAL_PATH = re.compile(r"(?<![\w.])(/home/|/tmp/|/work/|/root/|/Users/|~/\.cache)")
+TRACKER = re.compile(r"\bissues?\s+(#?\d+|seed)\b", re.I)
+STORED_LINE = re.compile(r"found stored result", re.I)
+PY_REPR = re.compile(r"Name: [^\n]*, dtype: \w+|<[\w.]+ object at 0x[0-9a-fA-F]+>|<Figure size \d+x\d+ with \d+ Axes>")
 SKIP_PAGES = {"search.html", "genindex.html"}
 # A page that only redirects (Jupyter Book's root index.html) navigates away
 # as soon as it loads; its target is checked as a page of its own.
@@ -157,11 +180,69 @@ _REPORT = """() => {
     const clone = body.cloneNode(true);
     clone.querySelectorAll('pre, code, .highlight, script, style, mjx-container, .cell_output')
          .forEach(e => e.remove());
-    const outputs = [...document.querySelectorAll('.cell_output, .output')].map(e => e.innerText);
+    // each output once: myst-nb nests .output inside .cell_output
+    const blocks = [...document.querySelectorAll('.cell_output, .output')];
+    const outputs = blocks.filter(e => !blocks.some(o => o !== e && o.contains(e))).map(e => e.innerText);
     const images = [...document.querySelectorAll('img')]
          .filter(i => !i.complete || i.naturalWidth === 0).map(i => i.getAttribute('src'));
-    return {text: clone.innerText, outputs, images,
+    const navs = [...document.querySelectorAll('nav, .bd-sidebar, .bd-sidebar-primary, .bd-header, '
+                                             + '.bd-toc, .bd-sidebar-secondary, .header-article')];
+    const nav = navs.filter(e => !navs.some(o => o !== e && o.contains(e))).map(e => e.innerText).join('\\n');
+    return {text: clone.innerText, outputs, images, title: document.title, nav,
             math: document.querySelectorAll('mjx-container').length};
+}"""
+
+# What runs past the article column (at the page's width, 1280 px), and what elides rows.
+# A box that stays within the column is fine, also when its content scrolls inside it, except
+# for tables and printed outputs: those must show everything at the column's width.
+_LAYOUT = """() => {
+    const art = document.querySelector('article') || document.body;
+    const a = art.getBoundingClientRect();
+    const problems = [];
+    const name = e => {
+        const cls = (e.getAttribute('class') || '').split(/\\s+/).filter(Boolean).slice(0, 2).join('.');
+        const text = (e.innerText || e.getAttribute('src') || '').trim().replace(/\\s+/g, ' ').slice(0, 50);
+        return e.tagName.toLowerCase() + (cls ? '.' + cls : '') + (text ? ' "' + text + '"' : '');
+    };
+    // clipped by an ancestor that scrolls or hides and itself fits the column?
+    const clippedBy = e => {
+        for (let p = e.parentElement; p && p !== art.parentElement; p = p.parentElement) {
+            const ox = getComputedStyle(p).overflowX;
+            if (ox !== 'visible') {
+                const r = p.getBoundingClientRect();
+                if (r.right <= a.right + 1 && r.left >= a.left - 1) return p;
+            }
+        }
+        return null;
+    };
+    const seen = new Set();
+    const wide = (e, how) => { if (!seen.has(e)) { seen.add(e); problems.push(name(e) + ': ' + how); } };
+    for (const e of art.querySelectorAll('table, pre, img, svg, mjx-container, figure, .math, iframe')) {
+        const r = e.getBoundingClientRect();
+        if (r.width === 0 || r.height === 0) continue;
+        const past = Math.round(Math.max(r.right - a.right, a.left - r.left));
+        const isTable = e.tagName === 'TABLE';
+        const isOutput = e.tagName === 'PRE' && e.closest('.cell_output, .output');
+        if (past > 1) {
+            const clip = clippedBy(e);
+            if (!clip) wide(e, `runs ${past} px past the article column (${Math.round(a.width)} px)`);
+            else if (isTable || isOutput)
+                wide(e, `is ${Math.round(r.width)} px wide in a ${Math.round(a.width)} px column: `
+                        + 'the reader must scroll sideways to see all of it');
+        } else if ((isTable || isOutput) && e.scrollWidth > e.clientWidth + 1) {
+            wide(e, `holds ${e.scrollWidth} px of content in ${e.clientWidth} px: `
+                    + 'the reader must scroll sideways to see all of it');
+        }
+    }
+    const doc = document.documentElement;
+    if (doc.scrollWidth > doc.clientWidth + 1)
+        problems.push(`the page scrolls sideways (${doc.scrollWidth} px of content in ${doc.clientWidth} px)`);
+    const elided = [];
+    for (const t of art.querySelectorAll('table')) {
+        const cells = [...t.querySelectorAll('th, td')].filter(c => /^\\s*(\\.\\.\\.|…)\\s*$/.test(c.innerText));
+        if (cells.length) elided.push(name(t) + `: ${cells.length} cell(s) read "..."`);
+    }
+    return {wide: problems, elided};
 }"""
 
 
@@ -169,6 +250,36 @@ def redirect_target(path: Path) -> str | None:
     """Where a redirect-only page sends the reader, or None for a real page."""
     m = REDIRECT.search(path.read_text(errors="replace")[:2000])
     return m.group(1) if m else None
+
+
+def _snippet(text: str, m: re.Match, width: int = 50) -> str:
+    return text[max(0, m.start() - width): m.end() + width].replace("\n", " ").strip()
+
+
+def reader_problems(rel: str, report: dict) -> list[str]:
+    """What the text of a page shows that a reader should not meet (see the module's docstring):
+    pandas' elision note, raw TeX in the title or navigation or text, local paths, tracker words,
+    repeated stored-result lines, Python reprs. ``report``: the page's title, navigation, text
+    (no code, no math) and cell outputs."""
+    problems = []
+    outputs = "\n".join(report["outputs"])
+    for m in TRUNCATED.finditer(report["text"] + "\n" + outputs):
+        problems.append(f"{rel}: truncated table: {m.group(0)!r}")
+    for where, text in (("<title>", report.get("title", "")), ("navigation", report.get("nav", "")),
+                        ("text", report["text"])):
+        for m in RAW_TEX.finditer(text):
+            problems.append(f"{rel}: raw TeX in the {where}: {_snippet(text, m, 30)!r}")
+    for where, text in (("text", report["text"]), ("outputs", outputs)):
+        for m in LOCAL_PATH.finditer(text):
+            problems.append(f"{rel}: local path in the {where}: {_snippet(text, m)!r}")
+        for m in TRACKER.finditer(text):
+            problems.append(f"{rel}: tracker word in the {where}: {_snippet(text, m)!r}")
+        for m in PY_REPR.finditer(text):
+            problems.append(f"{rel}: Python repr in the {where}: {_snippet(text, m, 30)!r}")
+    stored = len(STORED_LINE.findall(outputs))
+    if stored > 1:
+        problems.append(f"{rel}: {stored} 'found stored result' lines (one summary line per page at most)")
+    return problems
 
 
 def _check_page(page, rel: str, url: str, ready_timeout_s: float, screenshots: Path | None) -> list[str]:
@@ -188,6 +299,10 @@ def _check_page(page, rel: str, url: str, ready_timeout_s: float, screenshots: P
         if m:
             snippet = out[max(0, m.start() - 60): m.end() + 60]
             problems.append(f"{rel}: cell output shows {m.group(0)!r}: {snippet!r}")
+    problems += reader_problems(rel, report)
+    layout = evaluate(page, _LAYOUT, ready_timeout_s)
+    problems += [f"{rel}: too wide: {w}" for w in layout["wide"]]
+    problems += [f"{rel}: truncated table: {e}" for e in layout["elided"]]
     if screenshots:
         name = rel.replace("/", "_").removesuffix(".html")
         if rel.endswith("intro.html"):
@@ -196,6 +311,10 @@ def _check_page(page, rel: str, url: str, ready_timeout_s: float, screenshots: P
         if figure.count():
             figure.scroll_into_view_if_needed()
             figure.screenshot(path=str(screenshots / f"{name}-first-figure.png"))
+        claims = page.locator("table.bnrepro-claims").first
+        if claims.count():
+            claims.scroll_into_view_if_needed()
+            page.screenshot(path=str(screenshots / f"{name}-claims.png"))
     print(f"checked {rel}: {report['math']} math element(s), {len(report['outputs'])} output(s)")
     return problems
 

@@ -89,6 +89,8 @@ def test_no_step_eval_after_divergence():
     ({"dropout": 1.0}, "dropout"), ({"lr_mult": 0.0}, "lr_mult"), ({"lr": float("inf")}, "lr"),
     ({"batch_size": 1}, "batch_size"), ({"probe_units": 101}, "probe_units"),
     ({"eval_every": 0}, "eval_every"), ({"dataset": "imagenet"}, "dataset"),
+    ({"model": "resnet"}, "model"), ({"init": "kaiming"}, "init"), ({"momentum": 1.0}, "momentum"),
+    ({"model": "vgg", "dropout": 0.2}, "model"), ({"model": "vgg", "norm": "bn_mean_only"}, "norm"),
 ])
 def test_bad_config_names_the_field(kw, field):
     with pytest.raises(ConfigError, match=f"^{field}="):
@@ -110,13 +112,19 @@ def test_sweep_is_unique_and_holds_figure_1(monkeypatch):
     monkeypatch.setattr(bt, "mnist_available", lambda: False)
     cfgs = bt.sweep("smoke")
     assert len({c.hash() for c in cfgs}) == len(cfgs)
-    fig1 = [c for c in cfgs if c.norm in ("bn", "none") and c.depth == 3 and c.lr_mult == 1 and c.init_std == 0.01
-            and c.bn_layers is None and c.bias_before_bn and not c.frozen_affine and c.dropout == 0
-            and c.steps == BNTrainingConfig.for_profile("smoke").steps]
+    fig1 = bt.groups("smoke")["fig1"]
     assert {c.norm for c in fig1} == {"bn", "none"}
+    assert all((c.model, c.depth, c.lr_mult, c.init, c.init_std, c.momentum) == ("mlp", 3, 1.0, "normal", 0.01, 0.0)
+               for c in fig1)
     assert all(c.dataset == "fashion-mnist" for c in cfgs)
-    lr = bt.groups("smoke")["lr"]
-    assert {(c.norm, c.lr_mult) for c in lr} == {(n, m) for n in ("bn", "none") for m in (1, 5, 30)}
+    vgg = bt.groups("smoke")["vgg_lr"]
+    assert {(c.norm, c.lr_mult) for c in vgg} == {(n, m) for n in ("bn", "none") for m in (1, 5, 30)}
+    assert all((c.model, c.lr, c.momentum) == ("vgg", 0.01, 0.9) for c in vgg)  # VGG's own lr, momentum
+    deep = bt.groups("smoke")["deep"] + bt.groups("smoke")["deep_tiny"]
+    assert {(c.norm, c.init, c.lr_mult) for c in deep} == {(n, i, m) for n in ("bn", "none")
+                                                           for i, m in (("xavier", 1), ("xavier", 5),
+                                                                        ("normal", 1))}
+    assert all(c.depth == bt.DEEP_DEPTH for c in deep)
 
 
 def test_dataset_prefers_mnist_when_present(monkeypatch):
@@ -151,6 +159,12 @@ def test_build_network_variants():
     for mode in ("mean_only", "var_only"):
         m = build_network(small_cfg(norm=f"bn_{mode}"))
         assert all(isinstance(m[n], BatchNorm) and m[n].mode == mode for _, n, _ in hidden_blocks(m))
+
+    m = build_network(small_cfg(init="xavier", depth=10))
+    lins = [m[lin] for lin, _, _ in hidden_blocks(m)]
+    assert all(torch.equal(x.bias, torch.zeros_like(x.bias)) for x in lins)
+    # Xavier-uniform: std sqrt(2 / (fan_in + fan_out)); 16 -> 16 gives 0.25
+    assert lins[5].weight.std().item() == pytest.approx(0.25, rel=0.25)
 
     m = build_network(small_cfg(dropout=0.2))
     kinds = [type(x).__name__ for x in m]
@@ -269,82 +283,124 @@ def test_run_records_everything_and_restores_threads():
         + 100 + 100 * 10 + 10
 
 
+@needs_fashion_mnist
+def test_vgg_run_trains_the_small_relu_vgg_without_a_probe():
+    cfg = BNTrainingConfig(model="vgg", activation="relu", lr=0.01, momentum=0.9, batch_size=64, steps=6,
+                           eval_every=3, n_train=256, n_test=128)
+    res = bt.run(cfg, device="cpu")
+    assert [e["step"] for e in res["history"]["evals"]] == [0, 3, 6]
+    assert res["probe"]["steps"] == [] and res["parameters"] > 0
+    model = bt.build_vgg(cfg)
+    assert not any(isinstance(m, nn.Sigmoid) for m in model.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
 
 # ----------------------------------------------------------------- the claims (package code, as the scorecard)
 
-CLAIM_IDS = ["bn-fewer-steps", "bn-higher-accuracy", "bn-stable-inputs", "bn-x5-faster", "bn-x30-faster",
-             "bn-x30-slower-than-x5", "bn-x30-ends-higher", "no-bn-fails-at-x5", "no-bn-fails-at-x30",
-             "sigmoid-without-bn-fails", "sigmoid-with-bn-trains", "bias-gradient-zero", "bias-redundant",
-             "bn-remove-dropout"]
+CLAIM_IDS = ["bn-fewer-steps", "bn-higher-accuracy", "bn-stable-inputs", "sigmoid-without-bn-fails",
+             "sigmoid-with-bn-trains", "bn-less-careful-init", "bn-x5-faster", "bn-x30-faster",
+             "bn-x30-slower-than-x5", "bn-x30-ends-higher", "no-bn-fails-at-x5", "bias-gradient-zero",
+             "bias-redundant", "bn-remove-dropout"]
 
 
-def fake_result(cfg, final, reach=None, drift=0.0):
+def fake_result(cfg, final, reach=None, drift=0.0, diverged=False):
     """A stored-looking run: test accuracy 0.1 at step 0, 0.9 at ``reach`` (if given), ``final`` at the
     end; one probed unit whose median moves by ``drift`` x its 15-85 width in the second half."""
     evals = [{"step": 0, "test_acc": 0.1}] + ([{"step": reach, "test_acc": 0.9}] if reach else []) \
-        + [{"step": cfg.steps, "test_acc": final}]
+        + ([] if diverged else [{"step": cfg.steps, "test_acc": final}])
     probe = {"steps": [0, cfg.steps // 2, cfg.steps], "percentiles": [0.15, 0.5, 0.85],
              "values": [[[-1.0, 0.0, 1.0]], [[-1.0, 0.0, 1.0]], [[-1.0, 2.0 * drift, 1.0]]]}
     return Result(cfg.experiment, cfg.to_dict(),
-                  {"history": {"diverged": False, "diverged_at_step": None, "evals": evals}, "probe": probe,
-                   "final_test_acc": final, "best_test_acc": max(e["test_acc"] for e in evals)},
+                  {"history": {"diverged": diverged, "diverged_at_step": 5 if diverged else None,
+                               "evals": evals}, "probe": probe,
+                   "final_test_acc": None if diverged else final,
+                   "best_test_acc": max(e["test_acc"] for e in evals)},
                   {"device": "synthetic", "wall_time_s": 0.0})
+
+
+def synthetic_results(g):
+    """Every run of the smoke sweep at 0.5 final accuracy, and a ``put`` that overrides matching runs."""
+    results = {c.hash(): fake_result(c, final=0.5) for cfgs in g.values() for c in cfgs}
+
+    def put(group, final, reach=None, drift=0.0, diverged=False, **where):
+        hits = [c for c in g[group] if all(getattr(c, k) == v for k, v in where.items())]
+        assert hits
+        for c in hits:
+            results[c.hash()] = fake_result(c, final, reach, drift, diverged)
+
+    return results, put
 
 
 def test_claims_on_synthetic_runs(monkeypatch):
     """Each claim reads the right runs and applies its rule: known inputs, hand-computed outputs."""
     monkeypatch.setattr(bt, "mnist_available", lambda: False)
-    g = bt.groups("smoke")  # Fashion-MNIST: target X = 0.85; budget 100 steps
-    assert chapter.TARGET_ACC[g["lr"][0].dataset] == 0.85 and g["lr"][0].steps == 100
-    results = {c.hash(): fake_result(c, final=0.5) for cfgs in g.values() for c in cfgs}
-
-    def put(group, final, reach=None, drift=0.0, **where):
-        hits = [c for c in g[group] if all(getattr(c, k) == v for k, v in where.items())]
-        assert hits
-        for c in hits:
-            results[c.hash()] = fake_result(c, final, reach, drift)
-
-    put("lr", 0.88, reach=40, drift=0.1, norm="bn", lr_mult=1.0)     # Figure 1, with BN
-    put("lr", 0.86, reach=80, drift=0.3, norm="none", lr_mult=1.0)   # and without
-    put("lr", 0.89, reach=20, norm="bn", lr_mult=5.0)
-    put("lr", 0.887, reach=25, norm="bn", lr_mult=30.0)
-    put("lr", 0.5, norm="none", lr_mult=5.0)                          # misses X at x5
-    put("lr", 0.86, reach=90, norm="none", lr_mult=30.0)              # reaches X at x30
+    g = bt.groups("smoke")  # Fashion-MNIST: X = 0.80 (MLPs), 0.84 (VGG); budgets 100 and 40 steps
+    assert chapter.TARGET_ACC["fashion-mnist"] == 0.80 and chapter.VGG_TARGET_ACC["fashion-mnist"] == 0.84
+    results, put = synthetic_results(g)
+    put("fig1", 0.88, reach=40, drift=0.1, norm="bn")       # Figure 1, with BN
+    put("fig1", 0.86, reach=80, drift=0.3, norm="none")     # and without
     put("deep", 0.10, norm="none", lr_mult=1.0)
     put("deep", 0.12, norm="none", lr_mult=5.0)
-    put("deep", 0.83, norm="bn", lr_mult=5.0)
-    ablation = dict(zip(bt.ABLATIONS, g["ablations"]))
-    results[ablation["no bias before BN"].hash()] = fake_result(ablation["no bias before BN"], 0.878, reach=40)
-    results[ablation["BN + dropout 0.2"].hash()] = fake_result(ablation["BN + dropout 0.2"], 0.90, reach=40)
+    put("deep", 0.85, norm="bn", lr_mult=1.0)
+    put("deep", 0.76, norm="bn", lr_mult=5.0)
+    put("deep_tiny", 0.84, norm="bn")
+    put("vgg_lr", 0.87, reach=30, norm="bn", lr_mult=1.0)
+    put("vgg_lr", 0.88, reach=10, norm="bn", lr_mult=5.0)
+    put("vgg_lr", 0.885, reach=20, norm="bn", lr_mult=30.0)
+    put("vgg_lr", 0.0, diverged=True, norm="none", lr_mult=5.0)
+    ablation = dict(zip((n for n, _ in bt.ablation_runs("smoke")), g["ablations"]))
+    for name, final in (("no bias before BN", 0.878), ("BN + dropout 0.2", 0.90)):
+        results[ablation[name].hash()] = fake_result(ablation[name], final, reach=40)
 
     got = {c.id: c for c in chapter.score(results, "smoke")}
-    assert list(got) == CLAIM_IDS
-    expected = {  # id: (ours, verdict)
-        "bn-fewer-steps": (80 / 40, "reproduced"),            # >= 2
-        "bn-higher-accuracy": (0.88 - 0.86, "reproduced"),    # >= 0.005
-        "bn-stable-inputs": (0.3 / 0.1, "reproduced"),        # >= 2
-        "bn-x5-faster": (40 / 20, "reproduced"),              # >= 2
-        "bn-x30-faster": (40 / 25, "partly"),                 # in [1.1, 2)
-        "bn-x30-slower-than-x5": (25 / 20, "reproduced"),     # >= 1.1
-        "bn-x30-ends-higher": (0.887 - 0.89, "partly"),       # in [-0.005, 0)
-        "no-bn-fails-at-x5": (1.0, "reproduced"),
-        "no-bn-fails-at-x30": (0.0, "not reproduced"),
-        "sigmoid-without-bn-fails": (0.12, "reproduced"),     # <= 0.15
-        "sigmoid-with-bn-trains": (0.83 / 0.85, "reproduced"),  # >= 0.95
-        "bias-redundant": (0.002, "reproduced"),              # <= 0.005
-        "bn-remove-dropout": (0.88 - 0.90, "not reproduced"),  # < -0.015
+    assert list(got) == CLAIM_IDS == [s.id for s in chapter.SPECS]
+    expected = {  # id: per-seed values (one seed at smoke)
+        "bn-fewer-steps": 80 / 40, "bn-higher-accuracy": 0.88 - 0.86, "bn-stable-inputs": 0.3 / 0.1,
+        "sigmoid-without-bn-fails": 0.12, "sigmoid-with-bn-trains": 0.76 / 0.80,
+        "bn-less-careful-init": 0.84 - 0.85, "bn-x5-faster": 30 / 10, "bn-x30-faster": 30 / 20,
+        "bn-x30-slower-than-x5": 20 / 10, "bn-x30-ends-higher": 0.885 - 0.88, "no-bn-fails-at-x5": 1.0,
+        "bias-redundant": 0.002, "bn-remove-dropout": 0.88 - 0.90,
     }
-    for cid, (ours, verdict) in expected.items():
-        assert got[cid].ours == pytest.approx(ours, abs=1e-9), cid
-        assert got[cid].verdict == verdict, cid
+    for cid, value in expected.items():
+        assert got[cid].values == pytest.approx((value,), abs=1e-9), cid
+        assert got[cid].verdict == "inconclusive", cid  # one seed: no interval
     assert 0 <= got["bias-gradient-zero"].ours < 1e-12 and got["bias-gradient-zero"].verdict == "reproduced"
-    assert got["bn-fewer-steps"].scale.startswith("smoke profile, fashion-mnist, 100 steps, 1 seed(s), synthetic")
+    assert got["bn-fewer-steps"].scale == ("smoke profile, 3x100 sigmoid MLP, fashion-mnist (6,000 training "
+                                           "images), 100 steps, 1 seed, synthetic")
+    assert got["bn-x5-faster"].scale.startswith("smoke profile, VGG (tiny), fashion-mnist (2,000 training "
+                                                "images), 40 steps, 1 seed")
+    # the scores' verdicts follow the registered rules on the interval of the values
+    spec = {s.id: s for s in chapter.SPECS}
+    assert spec["bn-fewer-steps"].score([2.5, 2.6, 2.7]).verdict == "reproduced"
+    assert spec["bn-fewer-steps"].score([1.5, 1.6, 1.7]).verdict == "partly"
+    assert spec["bn-higher-accuracy"].score([-0.02, -0.021, -0.019]).verdict == "not reproduced"  # never partly
 
-    # a faster arm that misses X in some seed makes the speed-up undefined: not reproduced
-    put("lr", 0.80, drift=0.1, norm="bn", lr_mult=1.0)
+
+def test_steps_to_x_is_inconclusive_when_x_is_not_below_every_plateau(monkeypatch):
+    """A run that settles below X + margin makes every steps-to-X ratio of its arms NaN: inconclusive."""
+    monkeypatch.setattr(bt, "mnist_available", lambda: False)
+    g = bt.groups("smoke")
+    results, put = synthetic_results(g)
+    put("fig1", 0.88, reach=40, norm="bn")
+    put("fig1", 0.805, reach=80, norm="none")  # passes X = 0.80 once, settles within the 0.01 margin
+    for m, reach in ((1.0, 30), (5.0, 10), (30.0, 20)):
+        put("vgg_lr", 0.87, reach=reach, norm="bn", lr_mult=m)
+    q = chapter.quantities(results, "smoke")
+    assert not q["fig1_plateau_ok"] and all(math.isnan(v) for v in q["bn-fewer-steps"])
+    assert q["vgg_plateau_ok"] and q["bn-x5-faster"] == [3.0]
+    # and it is checked on every run: the final plateau of each compared arm is above X
+    tab = q["tables"]["vgg_lr"]
+    assert (tab[tab.norm == "bn"].plateau >= tab[tab.norm == "bn"].target + chapter.PLATEAU_MARGIN).all()
     got = {c.id: c for c in chapter.score(results, "smoke")}
-    assert math.isnan(got["bn-fewer-steps"].ours) and got["bn-fewer-steps"].verdict == "not reproduced"
-    assert got["bn-x5-faster"].ours == pytest.approx(100 / 20)  # x1 now counts with its budget
+    assert got["bn-fewer-steps"].verdict == "inconclusive"
+
+
+def test_plateau_is_the_mean_of_the_last_fifth():
+    evals = [{"step": i, "test_acc": a} for i, a in enumerate([0.1, 0.5, 0.7, 0.8, 0.8, 0.82, 0.84, 0.83,
+                                                               0.85, 0.87])]
+    assert chapter.plateau(evals) == pytest.approx((0.85 + 0.87) / 2)
+    assert chapter.plateau(evals[:2]) == 0.5 and math.isnan(chapter.plateau([]))
 
 
 def test_bias_gradient_check_is_exact_and_keeps_the_global_rng():
@@ -357,6 +413,25 @@ def test_bias_gradient_check_is_exact_and_keeps_the_global_rng():
     assert check == chapter.bias_gradient_check(small_cfg())  # deterministic
 
 
+def test_claims_are_registered_with_kinds_sources_and_enough_seeds():
+    from bnrepro.core.claims import EMPIRICAL, registered_claims
+
+    assert tuple(registered_claims("bn_training")) == chapter.SPECS
+    for s in chapter.SPECS:
+        assert s.source == "ioffe2015batch" and s.where
+        if s.kind == EMPIRICAL:
+            assert s.n >= 3
+            assert s.n <= len(bt.SEEDS_5["cpu"] if s.n == 5 else bt.SEEDS["cpu"])
+    # the stored sweep has the seeds the claims ask for, per arm
+    for group, n in (("fig1", 5), ("vgg_lr", 5), ("deep", 5), ("deep_tiny", 5)):
+        cfgs = bt.groups("cpu", dataset="fashion-mnist")[group]
+        per_arm = {}
+        for c in cfgs:
+            per_arm.setdefault((c.norm, c.lr_mult, c.init), set()).add(c.seed)
+        assert all(len(seeds) >= n for seeds in per_arm.values()), group
+    assert "no-bn-fails-at-x30" not in {s.id for s in chapter.SPECS}  # not a claim of the paper
+
+
 @needs_fashion_mnist
 def test_chapter_claims_smoke_runs_stores_and_is_listed(tmp_results, monkeypatch):
     """What the scorecard calls: the smoke sweep is run into the store, scored, and loads back the same."""
@@ -365,12 +440,14 @@ def test_chapter_claims_smoke_runs_stores_and_is_listed(tmp_results, monkeypatch
     assert [c.id for c in claims] == CLAIM_IDS
     for c in claims:
         assert isinstance(c, Claim) and c.verdict in VERDICTS
-        assert c.verdict == c.rule.verdict(c.ours)  # computed from the number, never typed
+        _, low, high = c.bounds
+        assert c.verdict == c.spec.rule.verdict(low, high)  # computed from the numbers, never typed
     assert {c.id: c.verdict for c in claims}["bias-gradient-zero"] == "reproduced"
     assert all(c.scale.startswith("smoke profile") for c in claims if c.id != "bias-gradient-zero")
     stored = list((tmp_results / "bn_training").glob("*.json"))
     assert len(stored) == len(bt.sweep("smoke"))
-    assert [c.row() for c in chapter.claims("smoke")] == [c.row() for c in claims]  # loaded, identical
+    # loaded, identical (compared as text: NaN values, of claims without a number at smoke, never equal)
+    assert str([c.row() for c in chapter.claims("smoke")]) == str([c.row() for c in claims])
     listed = {c.doc: c for c in scorecard.chapters()}["book/bn_training"]
     assert listed.claims is chapter.claims
 

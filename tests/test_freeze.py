@@ -217,18 +217,87 @@ def test_arm_registry_is_complete():
     assert {"all", "bn", "bn_output", "output", "random", "random_output"} <= set(FREEZINGS)
 
 
+# --------------------------------------------------------------------------- the random control
+def _learnable_data(n=64, size=8, seed=0) -> TensorData:
+    """Labels that a random ResNet's features can tell apart: the class sets the mean brightness."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = torch.randn(n, 1, size, size, generator=g) + 2.0 * y.view(-1, 1, 1, 1).float()
+    return TensorData("learnable", x, y, x[:16], y[:16], ["dark", "bright"], "test", (0.0,), (1.0,))
+
+
+def test_the_random_control_learns_when_its_weights_can_matter():
+    """The 2-random-weights-per-channel arm is not broken: its trainable scalars receive gradient
+    and training them lowers the training loss on data its random features can separate."""
+    torch.manual_seed(0)
+    model = cifar_resnet(8, width=4, num_classes=2, in_channels=1)
+    init_batchnorm(model, "uniform", seed=0)
+    trainable = apply_freezing(model, "random", seed=0)
+    data = _learnable_data()
+    loss0 = nn.functional.cross_entropy(model(data.x_train), data.y_train)
+    loss0.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert len(grads) == len(trainable.names) and all(g is not None and g.abs().sum() > 0 for g in grads)
+    model.zero_grad()
+    hist = train(model, data, epochs=30, batch_size=16, lr=0.1, momentum=0.9, seed=0,
+                 eval_every_epoch=False, device="cpu")
+    assert not hist.diverged
+    first, last = hist.epochs[0]["train_loss"], hist.epochs[-1]["train_loss"]
+    assert last < 0.8 * first
+
+
 # --------------------------------------------------------------------------- the experiment
 @needs_fashion_mnist
 def test_experiment_smoke_run_records_what_the_chapter_reads():
-    from bnrepro.experiments.bn_only import BNOnlyConfig, run, sweep, sweep_groups
+    from bnrepro.experiments.bn_only import BNOnlyConfig, run
 
     cfg = BNOnlyConfig.for_profile("smoke", n_train=128, n_test=64)
     result = run(cfg, device="cpu")
     data = result.data
     assert data["trainable"] == data["bn_params"] == 2 * 16 * 21
     assert len(data["gammas"]) == len(data["gammas_init"]) == sum(data["bn_layer_sizes"]) == 16 * 21
-    assert [a["threshold"] for a in data["gamma_analysis"]] == list(cfg.gamma_thresholds)
+    analysis = data["gamma_analysis"]
+    assert [a["threshold"] for a in analysis] == list(cfg.gamma_thresholds)
+    for a in analysis:  # the initialisation control: U[0, 1] puts about a fraction t below t
+        assert a["frac_small_init"] == sum(abs(g) < a["threshold"] for g in data["gammas_init"]) / 336
+        assert {"acc_small_off", "acc_random_off", "acc_init_small_off"} <= set(a)
     assert data["image_size"] == 14 and data["recipe"] == "paper"
+
+
+@needs_fashion_mnist
+def test_output_probe_trains_only_the_output_layer_on_cached_features():
+    from bnrepro.experiments.bn_only import BNOnlyConfig, run
+
+    cfg = BNOnlyConfig.for_profile("smoke", n_train=256, n_test=128, trainable="output", probe_epochs=20)
+    data = run(cfg, device="cpu").data
+    assert data["trainable"] == 64 * 10 + 10
+    assert data["gammas"] == data["gammas_init"]  # BN untouched
+    epochs = data["history"]["epochs"]
+    assert len(epochs) == 20 and epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+
+
+def test_population_statistics_are_what_the_running_averages_estimate():
+    from bnrepro.experiments.bn_only import _population_statistics
+
+    torch.manual_seed(0)
+    model = cifar_resnet(8, width=4, in_channels=1)
+    x = torch.randn(64, 1, 8, 8) * 3 + 1
+    _population_statistics(model, x, batch_size=64)  # one batch: exactly that batch's statistics
+    bn = model.bn
+    h = model.conv(x)
+    assert torch.allclose(bn.running_mean, h.mean((0, 2, 3)), atol=1e-5)
+    assert torch.allclose(bn.running_var, h.var((0, 2, 3), unbiased=True), rtol=1e-4)
+    assert bn.momentum == 0.1  # restored
+
+
+def test_sweep_has_three_seeds_at_every_point_of_the_cpu_profile():
+    from bnrepro.experiments.bn_only import sweep, sweep_groups
+
     groups = sweep_groups("cpu")
-    assert {c.recipe for c in groups["recipe"]} == {"paper", "blog"}
+    for name, cfgs in groups.items():
+        points = {}
+        for c in cfgs:
+            points.setdefault((c.trainable, c.depth, c.bn_init), set()).add(c.seed)
+        assert all(len(seeds) >= 3 for seeds in points.values()), name
+    assert {c.trainable for c in groups["arms"]} == {"bn", "random", "all", "output"}
     assert len(sweep("cpu")) == len({c.hash() for cfgs in groups.values() for c in cfgs})

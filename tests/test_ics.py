@@ -22,6 +22,7 @@ from bnrepro.measure.ics import (
     gaussian_classification,
     ics_from_closure,
     ics_measure,
+    optimizer_update,
 )
 from bnrepro.measure.landscape import landscape_from_closure, landscape_measure, quadratic_beta
 from bnrepro.models import MODELS, DistributionNoise, NoisyVGG, hold_noise, layer_groups
@@ -119,6 +120,57 @@ def test_gaussian_classification_labels_come_from_a_linear_teacher():
     assert torch.equal(data.y_train, again.y_train)
 
 
+def test_optimizer_update_is_the_step_sgd_takes_with_momentum():
+    """G' is measured after the step the optimizer would actually take: with momentum, the buffer counts."""
+    torch.manual_seed(0)
+    model = DeepLinearNet(in_features=6, width=6, depth=3, num_classes=3)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    for _ in range(3):  # fill the momentum buffers
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    update = optimizer_update(opt)
+    params = list(model.parameters())
+    before = [p.detach().clone() for p in params]
+    predicted = [update(p, p.grad) for p in params]
+    opt.step()
+    for p, b, d in zip(params, before, predicted):
+        assert torch.allclose(b - p.detach(), d, atol=1e-7)
+        assert d.norm() > 1.5 * 0.1 * p.grad.norm()  # the momentum step is larger than lr * G
+
+
+def test_ics_with_plain_sgd_is_the_lr_gradient_step_and_momentum_makes_it_larger():
+    torch.manual_seed(0)
+    model = DeepLinearNet(in_features=6, width=6, depth=4, num_classes=3)
+    x, y = torch.randn(32, 6), torch.randint(0, 3, (32,))
+    plain = torch.optim.SGD(model.parameters(), lr=0.05)
+    a, b = ics_measure(model, x, y, lr=0.05), ics_measure(model, x, y, lr=0.05, update=optimizer_update(plain))
+    assert a["l2"] == pytest.approx(b["l2"], rel=1e-6)
+    assert a["step_norm"] == pytest.approx([0.05 * g for g in a["grad_norm"]], rel=1e-6)
+    heavy = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(20):
+        heavy.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        heavy.step()
+    c = ics_measure(model, x, y, lr=0.05, update=optimizer_update(heavy))
+    assert all(s > 3 * 0.05 * g for s, g in zip(c["step_norm"], c["grad_norm"]))
+
+
+def test_landscape_by_distance_moves_the_same_distance_whatever_the_gradient():
+    H = torch.diag(torch.tensor([4.0, 1.0], dtype=torch.float64))
+    out = {}
+    for scale in (1.0, 3.0):  # the same direction, a gradient three times larger
+        theta = nn.Parameter(torch.tensor([scale, 0.0], dtype=torch.float64))
+        out[scale] = landscape_from_closure(lambda: 0.5 * theta @ H @ theta, [theta], (0.1, 0.2), by_distance=True)
+    # along the top eigenvector the gradient changes by 4 * d at distance d, however large the gradient
+    for scale in (1.0, 3.0):
+        assert out[scale]["grad_change"] == pytest.approx([0.4, 0.8], rel=1e-12)
+        assert out[scale]["beta"] == pytest.approx(4.0, rel=1e-12) and out[scale]["by_distance"]
+
+
 # --------------------------------------------------------------------------- noise layer, ghost BN, models
 def test_noise_layer_statistics_and_redraw():
     torch.manual_seed(0)
@@ -135,6 +187,25 @@ def test_noise_layer_statistics_and_redraw():
     assert len(set(mus)) == 30  # a new distribution at every step
     layer.eval()
     assert torch.equal(layer(x), x)  # off at test time unless in_eval
+
+
+def test_affine_noise_shifts_each_channel_for_the_whole_batch_and_keeps_sample_order():
+    torch.manual_seed(0)
+    layer = DistributionNoise(mean_max=1.0, std_min=0.5, std_max=1.5, kind="affine")
+    x = torch.randn(64, 8, 5, 5)
+    out, again = layer(x), layer(x)
+    assert not torch.allclose(out, again)  # redrawn at every step
+    for c in range(8):  # one increasing affine map per channel: a x + b with a in [0.5, 1.5], b in [-1, 1]
+        xs, ys = x[:, c].flatten(), out[:, c].flatten()
+        a = (ys[1] - ys[0]) / (xs[1] - xs[0])
+        b = ys[0] - a * xs[0]
+        assert torch.allclose(ys, a * xs + b, atol=1e-5)
+        assert 0.5 <= a.item() <= 1.5 and -1 <= b.item() <= 1
+        assert (ys[xs.argsort()].diff() >= 0).all()  # the order of the samples is kept
+    flat = DistributionNoise(kind="affine")(torch.randn(16, 4))
+    assert flat.shape == (16, 4)
+    with pytest.raises(ValueError, match="kind"):
+        DistributionNoise(kind="gaussian")
 
 
 def test_hold_noise_reuses_the_last_draw():
@@ -156,9 +227,10 @@ def test_ghost_bn_normalises_each_ghost_batch():
         assert (chunk.var(dim=(0, 2, 3), unbiased=False) - 1).abs().max() < 1e-3
 
 
-@pytest.mark.parametrize("norm,noise", [("bn", False), ("none", True), ("ghost", False), ("bnrepro", True)])
-def test_vgg_builds_and_runs(norm, noise):
-    model = MODELS["noisy_vgg"]("tiny", norm=norm, noise=noise, hidden=16)
+@pytest.mark.parametrize("norm,noise,kind", [("bn", False, "iid"), ("none", True, "iid"), ("ghost", False, "iid"),
+                                             ("bnrepro", True, "iid"), ("bn", True, "affine")])
+def test_vgg_builds_and_runs(norm, noise, kind):
+    model = MODELS["noisy_vgg"]("tiny", norm=norm, noise=noise, hidden=16, noise_kind=kind)
     assert model(torch.randn(4, 1, 28, 28)).shape == (4, 10)
     assert len(model.taps()) == 5 and len(model.weight_layers()) == 6
     cifar = NoisyVGG("vgg11", norm=norm, in_channels=3, image_size=32, hidden=32)
@@ -232,3 +304,31 @@ def test_scale_invariant_gd_grows_the_norm_exactly_and_lowers_the_effective_lr()
     assert all(b >= a - 1e-12 for a, b in zip(norms, norms[1:]))
     assert norms[-1] > norms[0]
     assert out["effective_lr"][-1] < out["effective_lr"][0]
+
+
+# --------------------------------------------------------------------------- the chapter's scoring
+def test_the_chapter_scores_every_registered_claim_and_the_cpu_sweeps_give_enough_seeds():
+    from bnrepro.chapters import ics as chapter
+    from bnrepro.core.claims import EMPIRICAL, registered_claims
+
+    registered = [s.id for name in chapter.SWEEPS for s in registered_claims(name)]
+    assert [s.id for s in chapter.SPECS] == registered or sorted(s.id for s in chapter.SPECS) == sorted(registered)
+    seeds = {name: {c.seed for c in sweep("cpu") if getattr(c, "problem", "least_squares") == "least_squares"}
+             for name, sweep in chapter.SWEEPS.items()}
+    for name in chapter.SWEEPS:
+        for spec in registered_claims(name):
+            if spec.kind == EMPIRICAL:
+                assert len(seeds[name]) >= spec.n, (spec.id, seeds[name])
+
+
+def test_pairing_by_seed_and_convergence():
+    import pandas as pd
+
+    from bnrepro.chapters.ics import _paired, converged
+
+    frame = pd.DataFrame({"arm": ["a", "a", "b", "b", "b"], "seed": [0, 1, 0, 1, 2], "x": [3.0, 5.0, 1.0, 4.0, 9.0]})
+    assert _paired(frame, "x", "a", "b") == [2.0, 1.0]  # seed 2 has no partner
+    assert _paired(frame, "x", "a", "b", "ratio") == [3.0, 1.25]
+    assert converged([1.0, 0.5, 0.05], steps=2)
+    assert not converged([1.0, 0.5, 0.2], steps=2)  # not 10x lower
+    assert not converged([1.0, 1e9], steps=5)  # stopped early: diverged

@@ -328,3 +328,12 @@ def test_bias_false_keyword():
     torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-4)
     converted = convert_batchnorm(nn.Sequential(ref))[0]
     assert isinstance(converted, BatchNorm) and converted.bias is None
+
+
+def test_conv_speed_compares_variants_from_identical_weights():
+    from bnrepro.measure.speed import conv_speed
+
+    r = conv_speed("LeNet (BN)", batch_size=4, steps=1, warmup=0, variants=("eager", "channels_last"))
+    assert set(r["ms"]) == {"eager", "channels_last"} and r["speedup"]["eager"] == 1.0
+    assert r["max_grad_diff"]["eager"] == 0.0 and r["max_grad_diff"]["channels_last"] < 1e-4
+    assert r["loss_diff"]["channels_last"] < 1e-5

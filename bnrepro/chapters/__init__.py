@@ -9,8 +9,8 @@ disagree.
 
 :data:`CHAPTERS` is the one place that lists the chapters and their order
 (a test checks it against ``_toc.yml``). The book's other pages, the
-introduction and the scorecard, summarize the chapters and have no claims of
-their own (:data:`SUMMARY_PAGES`).
+introduction, the scorecard and the references, summarize the chapters and
+have no claims of their own (:data:`SUMMARY_PAGES`).
 
 This package is a registry: it imports its members by name when asked
 (:func:`chapters`); the members import only from the tiers below.
@@ -34,7 +34,7 @@ CHAPTERS: tuple[tuple[str, str, str], ...] = (
     ("book/multidevice_bn", "Batch statistics across devices", "multidevice_bn"),
 )
 #: Pages of the book that summarize the chapters and score no claims themselves.
-SUMMARY_PAGES = ("book/intro", "book/scorecard")
+SUMMARY_PAGES = ("book/intro", "book/scorecard", "book/references")
 
 
 @dataclasses.dataclass(frozen=True)

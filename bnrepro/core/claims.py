@@ -263,7 +263,8 @@ class Claim:
                 "verdict": self.verdict, "scale": self.scale, "unverified": spec.unverified,
                 "post_hoc": spec.post_hoc, "values": list(self.values), "mean": ours,
                 "low_value": low, "high_value": high, "target": spec.rule.target,
-                "upper": spec.rule.upper}
+                "upper": spec.rule.upper, "rule_kind": spec.rule.kind,
+                "null": math.nan if spec.rule.null is None else spec.rule.null}
 
 
 #: The columns a claims table shows, in order (the rest of a row feeds plots and tests).

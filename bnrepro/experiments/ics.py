@@ -3,15 +3,22 @@
 Four experiments, one config class each (chapter ``book/ics.ipynb``):
 
 * ``noisy_bn`` -- a VGG with BN, without, with "noisy BN" (time-varying
-  noise after every BN layer) and with the same noise but no BN; accuracy,
-  probed layer-input distributions, weight norms; in the arms without noise
-  also the ICS measure and the landscape measures along training.
-* ``ics_dln`` -- ICS in a deep linear network on synthetic Gaussian data.
-* ``ghost_bn`` -- the generalisation gap as the BN statistics get noisier
-  (ghost batches of fewer samples inside the same SGD batch).
-* ``decoupling`` -- GD on ``w`` vs GD on ``(g, v)`` with ``w = g v/||v||_S``.
+  noise after every BN layer: the paper's i.i.d. noise per activation, and a
+  per-channel affine shift shared by the batch, which moves the distribution
+  without burying sample information) and the standard VGG with the i.i.d.
+  noise; accuracy, probed layer-input distributions, weight norms; in the
+  arms without noise also the ICS measure (with the optimizer's actual
+  momentum step) and the landscape measures at equal distances moved.
+* ``ics_dln`` -- ICS in a deep linear network on synthetic Gaussian data
+  (plain SGD, so the step ``-lr G`` of the measure is the actual update).
+* ``ghost_bn`` -- test accuracy and test loss as the BN statistics get
+  noisier (ghost batches of 4 samples vs the whole SGD batch of 128).
+* ``decoupling`` -- GD on ``w`` vs GD on ``(g, v)`` with ``w = g v/||v||_S``,
+  over a grid of step sizes, on random ill-conditioned problems.
 
-The chapter's tables and scored claims: :mod:`bnrepro.chapters.ics`.
+Each experiment registers the claims its runs are scored by (``CLAIMS_*``),
+written before the runs; the chapter's tables and scoring:
+:mod:`bnrepro.chapters.ics`.
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ from ..measure.decoupling import decoupled_gd, gd, least_squares, linear_rate, l
 from ..measure.ics import ActivationProbe, DeepLinearNet, ICSCallback, gaussian_classification
 from ..measure.landscape import DEFAULT_STEP_SIZES, LandscapeCallback
 from ..models import NoisyVGG, count_parameters
+from ..models.noise import NOISE_KINDS
 from ..models.vgg import VGG_CONFIGS
 from ..training.loop import evaluate, train
 from . import register
+from .ics_claims import CLAIMS_DECOUPLING, CLAIMS_DLN, CLAIMS_GHOST, CLAIMS_NOISY  # noqa: F401 (registers them)
 
 
 # --------------------------------------------------------------------------- noisy BN / ICS / landscape (VGG)
@@ -41,7 +50,7 @@ class NoisyBNConfig(ExperimentConfig):
     result_keys = ("history", "probes", "ics", "landscape", "parameters", "data_source")
     profiles = {
         "smoke": {"n_train": 768, "n_test": 256, "epochs": 1, "probe_every": 3, "eval_every_steps": 3},
-        "cpu": {},
+        "cpu": {"epochs": 2},
         "paper": {"dataset": "cifar10", "vgg": "vgg11", "hidden": 512, "n_train": None, "n_test": None,
                   "epochs": 30, "lr": 0.05, "probe_every": 200, "eval_every_steps": 390},
     }
@@ -51,6 +60,7 @@ class NoisyBNConfig(ExperimentConfig):
     hidden: int = 64
     norm: str = "bn"                  # "bn" | "none"
     noise: bool = False               # DistributionNoise after every norm layer
+    noise_kind: str = "iid"           # "iid" (per activation, the paper's) | "affine" (per channel, whole batch)
     noise_mean_max: float = 1.0       # per step mu ~ U(-1, 1): our choice, see the chapter
     noise_std_min: float = 0.5        # per step sigma ~ U(0.5, 1.5): variance 0.25 .. 2.25
     noise_std_max: float = 1.5
@@ -66,11 +76,14 @@ class NoisyBNConfig(ExperimentConfig):
     eval_every_steps: int = 20        # test accuracy every k steps
     ics_every: int = 0                # 0 = do not measure ICS
     landscape_every: int = 0          # 0 = do not measure the landscape
-    step_sizes: tuple = DEFAULT_STEP_SIZES
+    step_sizes: tuple = DEFAULT_STEP_SIZES  # distances moved along the gradient (landscape_by_distance)
+    landscape_by_distance: bool = True
 
     def validate(self):
         require(self.norm in ("bn", "bnrepro", "none"), "norm", self.norm, "must be bn, bnrepro or none")
         require(self.vgg in VGG_CONFIGS, "vgg", self.vgg, f"must be one of {', '.join(VGG_CONFIGS)}")
+        require(self.noise_kind in NOISE_KINDS, "noise_kind", self.noise_kind,
+                f"must be one of {', '.join(NOISE_KINDS)}")
         require(self.lr > 0, "lr", self.lr, "the learning rate must be > 0")
         require_subset(self.dataset, self.n_train, self.n_test)
         require(self.noise_std_max >= self.noise_std_min >= 0, "noise_std_min", self.noise_std_min,
@@ -91,12 +104,13 @@ def run_noisy_bn(cfg: NoisyBNConfig, device=None) -> Result:
     model = NoisyVGG(cfg.vgg, norm=cfg.norm, noise=cfg.noise, num_classes=data.num_classes,
                      in_channels=data.in_channels, image_size=data.image_size, hidden=cfg.hidden,
                      noise_mean_max=cfg.noise_mean_max, noise_std_min=cfg.noise_std_min,
-                     noise_std_max=cfg.noise_std_max).to(device)
+                     noise_std_max=cfg.noise_std_max, noise_kind=cfg.noise_kind).to(device)
     probe = ActivationProbe(data.x_train[:cfg.probe_size], model.taps(), cfg.probe_every,
                              weights=[m.weight for m in model.weight_layers()], seed=cfg.seed)
     callbacks = [probe]
     ics = ICSCallback(cfg.ics_every) if cfg.ics_every else None
-    land = LandscapeCallback(cfg.landscape_every, cfg.step_sizes) if cfg.landscape_every else None
+    land = (LandscapeCallback(cfg.landscape_every, cfg.step_sizes, cfg.landscape_by_distance)
+            if cfg.landscape_every else None)
     callbacks += [c for c in (ics, land) if c is not None]
     hist = train(model, data, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                  seed=cfg.seed, eval_every_steps=cfg.eval_every_steps, callbacks=callbacks, device=device)
@@ -106,24 +120,33 @@ def run_noisy_bn(cfg: NoisyBNConfig, device=None) -> Result:
                        device=device, started=start, seeds={"init": cfg.seed, "data_order": cfg.seed})
 
 
-#: Noise levels s: mu ~ U(-s, s), sigma ~ U(s/2, 3s/2). s = 1 is the level fixed before any run
-#: (noise as large as the normalised signal); the smaller ones show the dose-response.
-NOISE_SCALES = {"smoke": (1.0,), "cpu": (1.0, 0.5, 0.25), "paper": (1.0, 0.5, 0.25)}
+#: Seeds of the cpu-profile sweeps (init and data order; for decoupling, the random problem).
+NOISY_SEEDS = {"smoke": (0,), "cpu": (0, 1, 2, 3, 4), "paper": (0, 1, 2, 3, 4)}
+DLN_SEEDS = {"smoke": (0,), "cpu": (0, 1, 2, 3, 4), "paper": (0, 1, 2, 3, 4)}
+GHOST_SEEDS = {"smoke": (0,), "cpu": (0, 1, 2, 3, 4), "paper": (0, 1, 2, 3, 4)}
+DECOUPLING_SEEDS = {"smoke": (0,), "cpu": (0, 1, 2, 3, 4), "paper": (0, 1, 2, 3, 4)}
+
+#: The noise level s of the noisy arms: mu ~ U(-s, s), sigma ~ U(s/2, 3s/2) (i.i.d.), or
+#: a ~ U(1 - s/2, 1 + s/2), b ~ U(-s, s) (affine). s = 1: noise as large as the normalised signal.
+NOISE_LEVEL = 1.0
+
+#: The arms: (norm, noise kind or None); the arms without noise also measure ICS and the landscape.
+NOISY_ARMS = (("bn", None), ("none", None), ("bn", "iid"), ("none", "iid"), ("bn", "affine"))
 
 
 def sweep_noisy_bn(profile: str) -> list[NoisyBNConfig]:
-    """Four arms x seeds (noisy arms at each noise level); the arms without noise also measure ICS and landscape."""
-    seeds = {"smoke": (0,), "cpu": (0, 1), "paper": (0, 1, 2)}[profile]
-    every = {"smoke": 3, "cpu": 25, "paper": 200}[profile]
+    """Five arms x seeds: BN, standard, noisy BN (i.i.d. and affine) and the standard VGG with i.i.d. noise."""
+    every = {"smoke": 3, "cpu": 20, "paper": 200}[profile]
+    s = NOISE_LEVEL
     out = []
-    for seed in seeds:
-        for norm in ("bn", "none"):
-            out.append(NoisyBNConfig.for_profile(profile, norm=norm, seed=seed, ics_every=every,
-                                                 landscape_every=every))
-        for s in NOISE_SCALES[profile]:
-            for norm in ("bn", "none"):
-                out.append(NoisyBNConfig.for_profile(profile, norm=norm, noise=True, seed=seed, noise_mean_max=s,
-                                                     noise_std_min=s / 2, noise_std_max=1.5 * s))
+    for seed in NOISY_SEEDS[profile]:
+        for norm, kind in NOISY_ARMS:
+            if kind is None:
+                out.append(NoisyBNConfig.for_profile(profile, norm=norm, seed=seed, ics_every=every,
+                                                     landscape_every=every))
+            else:
+                out.append(NoisyBNConfig.for_profile(profile, norm=norm, noise=True, noise_kind=kind, seed=seed,
+                                                     noise_mean_max=s, noise_std_min=s / 2, noise_std_max=1.5 * s))
     return out
 
 
@@ -173,8 +196,7 @@ def run_dln(cfg: DLNConfig, device=None) -> Result:
 
 
 def sweep_dln(profile: str) -> list[DLNConfig]:
-    seeds = {"smoke": (0,), "cpu": (0, 1), "paper": (0, 1, 2)}[profile]
-    return [DLNConfig.for_profile(profile, norm=n, seed=s) for s in seeds for n in ("bn", "none")]
+    return [DLNConfig.for_profile(profile, norm=n, seed=s) for s in DLN_SEEDS[profile] for n in ("bn", "none")]
 
 
 register(DLNConfig, run_dln, sweep_dln, data_parallel=True)
@@ -228,11 +250,13 @@ def run_ghost(cfg: GhostConfig, device=None) -> Result:
                        device=device, started=start, seeds={"init": cfg.seed, "data_order": cfg.seed})
 
 
+#: Ghost batch sizes: the noisiest statistics (4 samples) and ordinary BN over the SGD batch (128).
+GHOST_SIZES = (4, 128)
+
+
 def sweep_ghost(profile: str) -> list[GhostConfig]:
-    seeds = {"smoke": (0,), "cpu": (0, 1), "paper": (0, 1, 2)}[profile]
-    sizes = {"smoke": (4, 128), "cpu": (4, 16, 128), "paper": (4, 16, 32, 128)}[profile]
-    return ([GhostConfig.for_profile(profile, ghost_batch_size=g, seed=s) for s in seeds for g in sizes]
-            + [GhostConfig.for_profile(profile, norm="none", seed=s) for s in seeds])
+    return [GhostConfig.for_profile(profile, ghost_batch_size=g, seed=s) for s in GHOST_SEEDS[profile]
+            for g in GHOST_SIZES]
 
 
 register(GhostConfig, run_ghost, sweep_ghost, data_parallel=True)
@@ -281,7 +305,9 @@ def run_decoupling(cfg: DecouplingConfig, device=None) -> Result:
 
 
 def sweep_decoupling(profile: str) -> list[DecouplingConfig]:
-    return [DecouplingConfig.for_profile(profile, problem=p) for p in ("least_squares", "logistic")]
+    """Least squares on a few random problems (the scored claims); logistic regression on one (a figure)."""
+    return ([DecouplingConfig.for_profile(profile, problem="least_squares", seed=s) for s in DECOUPLING_SEEDS[profile]]
+            + [DecouplingConfig.for_profile(profile, problem="logistic", seed=0)])
 
 
 register(DecouplingConfig, run_decoupling, sweep_decoupling)

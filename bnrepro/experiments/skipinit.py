@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from ..core.claims import CHECK, EMPIRICAL, ClaimSpec, at_most, register_claims, within
 from ..core.config import ExperimentConfig, require
 from ..core.device import cpu_threads, get_device
 from ..core.results import Result, make_result
@@ -145,10 +146,38 @@ def _run_variance(cfg: SkipInitVarianceConfig, device) -> Result:
                        device=device, started=start, seeds={"init": cfg.seed, "inputs": cfg.seed + 1})
 
 
+#: Independent random networks (init and inputs) per kind: the claims' seeds.
+VARIANCE_SEEDS = {"smoke": (0,), "cpu": (0, 1, 2), "paper": (0, 1, 2)}
+
+
 def sweep_variance(profile: str) -> list[SkipInitVarianceConfig]:
-    """Figure 4 (a) and (b)."""
-    return [SkipInitVarianceConfig.for_profile(profile, kind=k) for k in KINDS]
+    """Figure 4 (a) and (b), each over independent random networks (seeds)."""
+    return [SkipInitVarianceConfig.for_profile(profile, kind=k, seed=s)
+            for k in KINDS for s in VARIANCE_SEEDS[profile]]
 
 
 register(SkipInitPathsConfig, run_paths)
 register(SkipInitVarianceConfig, run_variance, sweep_variance)
+
+#: The claims these measurements are scored by, fixed before the runs (their hash is stored with each run).
+#: Values: one per random network (seed); the chapter :mod:`bnrepro.chapters.skipinit` computes them.
+_FIG4 = "Fig. 4"
+_ADD = ("paths are uncorrelated at initialisation, so variances add: each block adds its branch's "
+        "variance to the skip path; ")
+PATHS_CLAIMS = register_claims("skipinit_paths", [
+    ClaimSpec("paths-mc-agrees", CHECK, "explicit random linear ResNets (fixed 1/sqrt(i) scaling, and no "
+              "normalization) match the exact path-depth distribution: largest deviation in standard errors",
+              "exact", at_most(4.5), "jackknife standard errors over the random networks; 4.5 of them at "
+              "one of a dozen depths is beyond what chance gives"),
+])
+VARIANCE_CLAIMS = register_claims("skipinit_variance", [
+    ClaimSpec("fig4a-skip-slope", EMPIRICAL, "deep linear ResNet with BN: the skip-path variance grows "
+              "linearly, by the unit branch variance per block (least-squares slope per block)", "~1 per block",
+              within(1.0, 0.1), _ADD + "BN makes the branch variance 1; 0.1 allows the finite width",
+              source="de2020batch", where=f"{_FIG4}(a)"),
+    *[ClaimSpec(f"fig4b-stage{k}-slope", EMPIRICAL, f"ReLU conv ResNet with BN, stage {k}: the skip-path "
+                "variance grows linearly within the stage, by the branch variance per block (slope per block "
+                "/ mean branch variance)", "linear within each stage", within(1.0, 0.2),
+                _ADD + "so the ratio is 1; 0.2 allows the narrow stages (8-32 channels)",
+                source="de2020batch", where=f"{_FIG4}(b)") for k in (1, 2, 3)],
+])

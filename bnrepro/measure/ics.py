@@ -10,7 +10,14 @@ measure. For layer ``i`` at step ``t`` on the batch ``(x_t, y_t)``:
   ``W_j' = W_j - lr * G_j``: the same gradient after the layers *below* ``i``
   have taken their step.
 
-ICS is the difference: ``||G_i - G'_i||_2`` and ``cos(G_i, G'_i)``. If the
+ICS is the difference: ``||G_i - G'_i||_2`` and ``cos(G_i, G'_i)``.
+
+The step the layers below take is the one the optimizer would actually take:
+``-lr * G`` for plain SGD, but with momentum ``mu`` it is
+``-lr * (mu * buf + G)`` (PyTorch's SGD, ``buf`` the momentum buffer), whose
+steady-state size is about ``1/(1 - mu)`` times larger (10x at mu = 0.9).
+:func:`optimizer_update` builds that step from an optimizer's state;
+:class:`ICSCallback` uses it. If the
 layers below changing did not matter to layer ``i``, ``G' = G`` (l2 = 0,
 cos = 1). The first layer has nothing below it, so its ICS is exactly zero,
 and so is that of a network with a single layer (a unit test checks this).
@@ -68,24 +75,56 @@ def cross_entropy_closure(model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
     return lambda: F.cross_entropy(model(x), y)
 
 
+Update = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def optimizer_update(optimizer: torch.optim.Optimizer) -> Update:
+    """``update(p, G)``: the step SGD ``optimizer`` would subtract from ``p`` if its gradient were ``G``.
+
+    Follows ``torch.optim.SGD`` (weight decay, momentum with its buffer,
+    dampening, Nesterov); without momentum, or before the first step (no
+    buffer yet), the step is ``lr * G``.
+    """
+    if not isinstance(optimizer, torch.optim.SGD):
+        raise ValueError(f"optimizer_update needs torch.optim.SGD, not {type(optimizer).__name__}")
+    by_param = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+
+    def update(p: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        group = by_param[id(p)]
+        d = grad + group["weight_decay"] * p.detach() if group["weight_decay"] else grad
+        mu = group["momentum"]
+        buf = optimizer.state.get(p, {}).get("momentum_buffer") if mu else None
+        if buf is not None:
+            buf = mu * buf + (1 - group["dampening"]) * d
+            d = d + mu * buf if group["nesterov"] else buf
+        return group["lr"] * d
+
+    return update
+
+
 def ics_from_closure(closure: Callable[[], torch.Tensor], groups: Sequence[Sequence[torch.Tensor]],
-                     lr: float) -> dict:
+                     lr: float, update: Update | None = None) -> dict:
     """ICS per layer for a loss ``closure`` over parameter ``groups`` (one group per layer, in forward order).
 
     The first tensor of each group is the layer's weight ``W_i`` (the one
-    measured); every tensor of the groups below ``i`` takes the plain
-    gradient step ``-lr * G`` before ``G'_i`` is computed. Parameters are
+    measured); every tensor of the groups below ``i`` takes the step
+    ``-update(p, G)`` (default: the plain gradient step ``lr * G``; see
+    :func:`optimizer_update`) before ``G'_i`` is computed. Parameters are
     left as they were. Returns lists over layers: ``l2`` = ||G - G'||,
-    ``cos`` = cos(G, G'), ``grad_norm`` = ||G||, ``rel`` = l2 / ||G||.
+    ``cos`` = cos(G, G'), ``grad_norm`` = ||G||, ``rel`` = l2 / ||G||,
+    ``step_norm`` = the norm of the step of the layer's weight.
     """
-    if lr <= 0:
+    if update is None and lr <= 0:
         raise ValueError(f"lr={lr!r}: the hypothetical update needs a positive step")
     flat = [p for g in groups for p in g]
     grads = torch.autograd.grad(closure(), flat, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(flat, grads)]
     by_param = dict(zip(map(id, flat), grads))
     weights = [g[0] for g in groups]
-    out = {"l2": [0.0], "cos": [1.0], "grad_norm": [], "rel": [0.0]}
+    step = update if update is not None else (lambda p, g: lr * g)
+    steps = {id(p): step(p, by_param[id(p)]) for p in flat}
+    out = {"l2": [0.0], "cos": [1.0], "grad_norm": [], "rel": [0.0],
+           "step_norm": [steps[id(w)].norm().item() for w in weights]}
     saved = [p.detach().clone() for p in flat]
     try:
         for i, w in enumerate(weights):
@@ -95,7 +134,7 @@ def ics_from_closure(closure: Callable[[], torch.Tensor], groups: Sequence[Seque
                 continue
             with torch.no_grad():  # the layers below i take their step (cumulatively: i-1 joins now)
                 for p in groups[i - 1]:
-                    p.sub_(lr * by_param[id(p)])
+                    p.sub_(steps[id(p)])
             (Gp,) = torch.autograd.grad(closure(), [w], allow_unused=True)
             Gp = torch.zeros_like(w) if Gp is None else Gp
             diff = (G - Gp).norm().item()
@@ -111,7 +150,7 @@ def ics_from_closure(closure: Callable[[], torch.Tensor], groups: Sequence[Seque
 
 
 def ics_measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float,
-                groups: Sequence[Sequence[torch.Tensor]] | None = None) -> dict:
+                groups: Sequence[Sequence[torch.Tensor]] | None = None, update: Update | None = None) -> dict:
     """ICS of every layer of ``model`` on the batch ``(x, y)`` (cross-entropy), in training mode.
 
     BN uses the batch statistics, as in a training step; running statistics,
@@ -120,15 +159,17 @@ def ics_measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float,
     """
     groups = groups if groups is not None else layer_groups(model)
     with measuring(model):
-        return ics_from_closure(cross_entropy_closure(model, x, y), groups, lr)
+        return ics_from_closure(cross_entropy_closure(model, x, y), groups, lr, update)
 
 
 class ICSCallback:
     """A :func:`bnrepro.training.loop.train` callback: ICS every ``every`` steps on that step's batch.
 
     The train loop calls back *after* the optimizer step, so the measure is
-    taken at the new parameters with the step's batch and the current
-    learning rate; ``records`` collects ``{"step", "l2", "cos", "grad_norm", "rel"}``.
+    taken at the new parameters with the step's batch; the layers below take
+    the step the optimizer would take (:func:`optimizer_update`: with momentum,
+    its buffer included). ``records`` collects ``{"step", "l2", "cos",
+    "grad_norm", "rel", "step_norm"}``.
     """
 
     def __init__(self, every: int, max_samples: int | None = None):
@@ -143,7 +184,8 @@ class ICSCallback:
         if self.max_samples:
             x, y = x[:self.max_samples], y[:self.max_samples]
         lr = state.optimizer.param_groups[0]["lr"]
-        self.records.append({"step": state.step, **ics_measure(state.model, x, y, lr)})
+        self.records.append({"step": state.step, **ics_measure(state.model, x, y, lr,
+                                                               update=optimizer_update(state.optimizer))})
 
 
 class DeepLinearNet(nn.Sequential):

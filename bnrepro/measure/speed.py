@@ -28,7 +28,7 @@ from ..models.lenet import LeNet
 from ..nn.batchnorm import BatchNorm
 from ..nn.closed_form import fused_kernels_enabled, use_fused_kernels
 
-__all__ = ["bn_speed", "loop_benchmark"]
+__all__ = ["bn_speed", "conv_speed", "loop_benchmark"]
 
 
 class _PILDataset(torch.utils.data.Dataset):
@@ -160,3 +160,80 @@ def bn_speed(shape=(64, 32, 28, 28), repeats: int = 30, warmup: int = 5,
     ours, ref = (statistics.median(times[k]) * 1e3 for k in ("ours", "torch"))
     return {"shape": tuple(shape), "ours_ms": ours, "torch_ms": ref, "ratio": ours / ref,
             "threads": torch.get_num_threads(), "device": str(device), "fused": fused_kernels_enabled()}
+
+
+#: The conv nets of the book's cpu profile that :func:`conv_speed` measures (builders take norm="bn").
+CONV_NETS = {
+    "small VGG (width 16)": lambda: _vgg_small(),
+    "LeNet (BN)": lambda: LeNet(norm="bn"),
+}
+
+
+def _vgg_small():
+    from ..models.vgg import vgg_bn
+
+    return vgg_bn("small", width=16, num_classes=10, in_channels=1)
+
+
+def conv_speed(name: str = "small VGG (width 16)", batch_size: int = 128, steps: int = 20, warmup: int = 3,
+               device: str = "cpu", seed: int = 0, variants=("eager", "channels_last", "compile")) -> dict:
+    """Median time of one SGD training step (forward, backward, update) of a conv net, per variant,
+    and how far each variant's first-step loss and gradients are from eager's.
+
+    ``variants``: ``"eager"`` (the default), ``"channels_last"`` (model and inputs in NHWC memory
+    format), ``"compile"`` (``torch.compile``, inductor; its warm-up includes the compilation).
+    The variants alternate step by step so that drift in the machine's load hits them alike.
+    Returns ``{"ms": {variant: ms}, "speedup": {variant: eager_ms / ms}, "max_grad_diff": {...}
+    (largest gradient difference over the largest gradient entry), "loss_diff": {...}}``; a variant
+    that cannot run here (no C++ compiler for inductor) is left out, with the reason under ``"skipped"``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, 1, 28, 28, generator=gen).to(device)
+    y = torch.randint(0, 10, (batch_size,), generator=gen).to(device)
+    models, skipped = {}, {}
+    for v in variants:
+        torch.manual_seed(seed)
+        model = CONV_NETS[name]().to(device)
+        xv = x
+        if v == "channels_last":
+            model = model.to(memory_format=torch.channels_last)
+            xv = x.contiguous(memory_format=torch.channels_last)
+        fn = model
+        if v == "compile":
+            try:
+                fn = torch.compile(model)
+                fn(xv).sum().backward()  # compile now: an environment without a compiler fails here
+                model.zero_grad(set_to_none=True)
+            except Exception as err:  # noqa: BLE001 -- any backend failure means "not measurable here"
+                skipped[v] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                continue
+        models[v] = (model, fn, xv)
+    first = {}
+    for v, (model, fn, xv) in models.items():  # first step from identical weights: the numerical comparison
+        loss = F.cross_entropy(fn(xv), y)
+        loss.backward()
+        first[v] = (loss.item(), [p.grad.detach().clone() for p in model.parameters()])
+    opts = {v: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for v, (m, _, _) in models.items()}
+    times = {v: [] for v in models}
+    for i in range(warmup + steps):
+        for v, (model, fn, xv) in models.items():
+            synchronize(device)
+            t0 = time.perf_counter()
+            opts[v].zero_grad(set_to_none=True)
+            F.cross_entropy(fn(xv), y).backward()
+            opts[v].step()
+            synchronize(device)
+            if i >= warmup:
+                times[v].append(time.perf_counter() - t0)
+    ms = {v: statistics.median(t) * 1e3 for v, t in times.items()}
+    ref_loss, ref_grads = first["eager"]
+    return {
+        "net": name, "batch_size": batch_size, "device": str(device), "threads": torch.get_num_threads(),
+        "ms": ms, "speedup": {v: ms["eager"] / t for v, t in ms.items()},
+        "loss_diff": {v: abs(first[v][0] - ref_loss) for v in models},
+        # relative to the largest eager gradient entry: a conv bias before BN has a gradient of ~0, so
+        # a per-tensor relative difference would divide rounding noise by rounding noise
+        "max_grad_diff": {v: max(float((a - b).abs().max()) for a, b in zip(first[v][1], ref_grads))
+                          / max(float(b.abs().max()) for b in ref_grads) for v in models},
+        "skipped": skipped,
+    }

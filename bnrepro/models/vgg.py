@@ -120,7 +120,7 @@ class NoisyVGG(nn.Module):
     def __init__(self, config="small", norm: str = "bn", noise: bool = False, num_classes: int = 10,
                  in_channels: int = 1, image_size: int = 28, hidden: int = 128,
                  noise_mean_max: float = 1.0, noise_std_min: float = 0.5, noise_std_max: float = 1.5,
-                 noise_in_eval: bool = True, ghost_batch_size: int = 32):
+                 noise_in_eval: bool = True, ghost_batch_size: int = 32, noise_kind: str = "iid"):
         super().__init__()
         check_choice("norm", norm, VGG_NORMS)
         layout = VGG_CONFIGS[check_choice("config", config, tuple(VGG_CONFIGS))] if isinstance(config, str) \
@@ -131,7 +131,8 @@ class NoisyVGG(nn.Module):
         def post(channels: int, dim: int) -> list[nn.Module]:
             mods = [_norm(norm, channels, dim, ghost_batch_size)]
             if noise:
-                mods.append(DistributionNoise(noise_mean_max, noise_std_min, noise_std_max, noise_in_eval))
+                mods.append(DistributionNoise(noise_mean_max, noise_std_min, noise_std_max, noise_in_eval,
+                                              kind=noise_kind))
             return mods + [Tap(), nn.ReLU(inplace=False)]
 
         layers: list[nn.Module] = []
