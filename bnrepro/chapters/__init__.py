@@ -30,6 +30,7 @@ CHAPTERS: tuple[tuple[str, str, str], ...] = (
     ("book/ics", "Is it internal covariate shift?", "ics"),
     ("book/skipinit", "SkipInit (De & Smith)", "skipinit"),
     ("book/bn_only", "Training only BatchNorm (Frankle et al.)", "bn_only"),
+    ("book/norm_family", "The normalization family", "norm_family"),
     ("book/multidevice_bn", "Batch statistics across devices", "multidevice_bn"),
 )
 #: Pages of the book that summarize the chapters and score no claims themselves.

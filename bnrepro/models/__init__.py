@@ -7,6 +7,7 @@ One module per family; every model takes a ``norm`` argument (``"bn"``,
 * :mod:`~bnrepro.models.lenet` -- LeNet-5 and an MLP (d2l);
 * :mod:`~bnrepro.models.cifar_resnet` -- open_lth's CIFAR ResNet;
 * :mod:`~bnrepro.models.vgg` -- open_lth's BN-VGG and the ICS chapter's VGG (:class:`NoisyVGG`);
+* :mod:`~bnrepro.models.convnet` -- a small conv net with BN, GroupNorm, LayerNorm, InstanceNorm or none;
 * :mod:`~bnrepro.models.noise` -- Santurkar et al.'s noise layer;
 * :mod:`~bnrepro.models.resnet` -- De & Smith's ResNets (SkipInit) and the linear ResNet;
 * :mod:`~bnrepro.models.common` -- the norm choice and other shared building blocks.
@@ -29,6 +30,7 @@ from .common import (
     make_activation,
     make_norm,
 )
+from .convnet import FAMILY, PLACEMENTS, NormConvNet, family_norm
 from .lenet import MLP, LeNet
 from .noise import DistributionNoise, hold_noise
 from .resnet import VARIANTS as RESNET_VARIANTS
@@ -36,7 +38,7 @@ from .resnet import LinearResNet, ResNet, residual_blocks
 from .vgg import VGG, NoisyVGG, layer_groups, vgg_bn
 
 MODELS: dict[str, type[nn.Module]] = {"lenet": LeNet, "mlp": MLP, "cifar_resnet": CifarResNet, "vgg_bn": VGG,
-                                     "noisy_vgg": NoisyVGG,
+                                     "noisy_vgg": NoisyVGG, "norm_convnet": NormConvNet,
                                      "resnet": ResNet, "linear_resnet": LinearResNet}
 
 
@@ -45,7 +47,8 @@ def build_model(name: str, **kwargs) -> nn.Module:
     return MODELS[check_choice("model", name, tuple(MODELS))](**kwargs)
 
 
-__all__ = ["ACTIVATIONS", "INITS", "MLP", "MODELS", "NORMS", "RESNET_VARIANTS", "CifarResNet", "DistributionNoise",
-           "LeNet", "LinearResNet", "NoisyVGG", "ResNet", "VGG", "build_model", "check_choice", "cifar_resnet",
-           "count_parameters", "has_batchnorm", "hold_noise", "init_weights", "kaiming_normal_init", "layer_groups",
+__all__ = ["ACTIVATIONS", "INITS", "MLP", "MODELS", "NORMS", "RESNET_VARIANTS", "CifarResNet",
+           "DistributionNoise", "FAMILY", "LeNet", "LinearResNet", "NoisyVGG", "NormConvNet", "PLACEMENTS",
+           "ResNet", "VGG", "build_model", "check_choice", "cifar_resnet", "count_parameters", "family_norm",
+           "has_batchnorm", "hold_noise", "init_weights", "kaiming_normal_init", "layer_groups",
            "make_activation", "make_norm", "residual_blocks", "vgg_bn"]
