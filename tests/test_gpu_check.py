@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bnrepro.cli import main
+from bnrepro.core.claims import rules_hash
 from bnrepro.core.config import ConfigError
 from bnrepro.core.store import Result, save
 from bnrepro.experiments import Experiment, list_experiments
@@ -202,7 +203,8 @@ def test_compare_losses_against_a_stored_result(tmp_results):
     assert compare_losses([1.0], ref)["status"] == "no stored result"
     data = {key: 0 for key in ref.result_keys}  # every measurement a stored LeNet result holds
     data["history"] = {"steps": [[0, 2.0], [10, 1.0], [60, 0.5]]}
-    save(Result(ref.experiment, ref.to_dict(), data, {"device": "cpu (1 threads)"}), ref)
+    save(Result(ref.experiment, ref.to_dict(), data, {"device": "cpu (1 thread)",
+                                                        "rules_hash": rules_hash(ref.experiment)}), ref)
     same = compare_losses([2.0 * (1 + 1e-4)] + [1.5] * 9 + [1.0] + [0.9] * 70, ref)
     assert same["status"] == "compared" and same["steps"] == [0, 10] and same["agree"]  # step 60 is past the first 50
     assert not compare_losses([2.5] * 20, ref)["agree"]

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from bnrepro.core.claims import rules_hash
 from bnrepro.core.results import Measurements, MissingMeasurement, Result, make_result
 from bnrepro.core.store import load, save
 from bnrepro.experiments.lenet import LeNetConfig
@@ -25,7 +26,7 @@ def test_make_result_checks_the_promised_measurements_and_stamps_provenance():
 def test_measurements_read_by_attribute_and_name_what_is_missing(tmp_results):
     cfg = LeNetConfig.for_profile("smoke")
     data = {"history": {"epochs": [{"test_acc": 0.5}], "diverged": False}, "parameters": 7, "data_source": "x"}
-    save(Result(cfg.experiment, cfg.to_dict(), data, {"device": "cpu"}), cfg)
+    save(Result(cfg.experiment, cfg.to_dict(), data, {"device": "cpu", "rules_hash": rules_hash(cfg.experiment)}), cfg)
     r = load(cfg)
     assert r.data.history.epochs[-1].test_acc == 0.5 and r["history"]["diverged"] is False
     with pytest.raises(MissingMeasurement, match=r"result of lenet \(.*\.json\)\.history has no measurement "

@@ -6,6 +6,7 @@ import warnings
 import pytest
 
 from bnrepro.core import store
+from bnrepro.core.claims import rules_hash
 from bnrepro.core.store import Result, load, path_for, read, save
 from bnrepro.experiments.lenet import LeNetConfig
 from bnrepro.runner import load_or_run
@@ -16,7 +17,8 @@ CFG = LeNetConfig.for_profile("smoke")
 def fake(cfg, value=1.0):
     data = {"history": {"epochs": []}, "parameters": 1, "data_source": "test",  # what every lenet result holds
             "value": value, "nan": float("nan")}
-    return Result(cfg.experiment, cfg.to_dict(), data, {"device": "cpu (2 threads)", "wall_time_s": 0.1})
+    return Result(cfg.experiment, cfg.to_dict(), data, {"device": "cpu (2 threads)", "wall_time_s": 0.1,
+                                                         "rules_hash": rules_hash(cfg.experiment)})
 
 
 @pytest.fixture

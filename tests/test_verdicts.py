@@ -69,8 +69,8 @@ def test_every_committed_result_tests_the_rules_now_in_the_code():
 def test_registered_claims_are_scored_by_a_chapter():
     list_experiments()
     scored = {s.id for _, s in all_specs()}
-    registered = {s.id for specs in registered_claims().values() for s in specs
-                  if not s.id.startswith("_test")}
+    registered = {s.id for exp, specs in registered_claims().items() for s in specs
+                  if not exp.startswith("_test")}
     assert registered - scored == set()
 
 
@@ -118,3 +118,18 @@ def test_reproduce_knows_each_chapters_experiments_and_refuses_a_modified_checko
     rep.check_clean("cpu", allow_dirty=True)
     monkeypatch.setattr(rep, "git_revision", lambda: "abc")
     rep.check_clean("cpu")
+
+
+def test_a_result_without_the_current_rules_hash_is_recomputed(tmp_results):
+    from bnrepro.core.results import Result
+    from bnrepro.core.store import load, save
+    from bnrepro.experiments.lenet import LeNetConfig
+
+    cfg = LeNetConfig.for_profile("smoke")
+    data = {"history": {"epochs": []}, "parameters": 1, "data_source": "x"}
+    save(Result(cfg.experiment, cfg.to_dict(), data, {"device": "cpu", "rules_hash": rules_hash("lenet")}), cfg)
+    assert load(cfg) is not None
+    for stale in ({"device": "cpu"}, {"device": "cpu", "rules_hash": "0" * 16}):
+        save(Result(cfg.experiment, cfg.to_dict(), data, stale), cfg)
+        with pytest.warns(RuntimeWarning, match="run under other claim rules"):
+            assert load(cfg) is None

@@ -67,5 +67,5 @@ def load_summary(results) -> str:
     unique = {id(r): r for r in results}.values()
     loaded = sum(1 for r in unique if r.loaded)
     wall = sum(float(r.provenance.get("wall_time_s") or 0.0) for r in unique)
-    return (f"{len(unique)} runs: {loaded} loaded from the results store, {len(unique) - loaded} computed now; "
+    return (f"{len(unique)} runs: {loaded} loaded, {len(unique) - loaded} computed now; "
             f"stored compute time {wall / 60:.1f} min")
