@@ -14,7 +14,7 @@ from __future__ import annotations
 from ..core.claims import Claim
 from ..core.store import Result
 from ..experiments.bn_only import CLAIMS, sweep_groups
-from ..runner import load_or_run
+from ..runner import load_groups
 
 #: Every claim the chapter scores, in its table's order.
 SPECS = tuple(CLAIMS.values())
@@ -29,14 +29,7 @@ ARM_LABEL = {"bn": "BN only", "random": "2 random weights / channel", "all": "al
 
 def load(profile: str, device=None, verbose: bool = True) -> dict[str, list[Result]]:
     """The results of every group of :func:`sweep_groups`, from the store (run if missing)."""
-    cache: dict[str, Result] = {}
-    out = {}
-    for name, cfgs in sweep_groups(profile).items():
-        for cfg in cfgs:
-            if cfg.hash() not in cache:
-                cache[cfg.hash()] = load_or_run(cfg, device=device, verbose=verbose)
-        out[name] = [cache[cfg.hash()] for cfg in cfgs]
-    return out
+    return load_groups(sweep_groups(profile), device=device, verbose=verbose)
 
 
 def all_results(groups: dict[str, list[Result]]) -> list[Result]:

@@ -16,7 +16,7 @@ import math
 from ..core.claims import Claim
 from ..core.store import Result
 from ..experiments.norm_family import CLAIMS, SPEED_LRS, sweep_groups
-from ..runner import load_or_run
+from ..runner import load_groups
 
 #: Every claim the chapter scores, in its table's order.
 SPECS = tuple(CLAIMS.values())
@@ -25,14 +25,7 @@ NAMES = {"bn": "BatchNorm", "group": "GroupNorm", "layer": "LayerNorm", "instanc
 
 def load(profile: str, device=None, verbose: bool = True) -> dict[str, list[Result]]:
     """The results of every study of :func:`sweep_groups`, from the store (run if missing)."""
-    cache: dict[str, Result] = {}
-    out = {}
-    for name, cfgs in sweep_groups(profile).items():
-        for cfg in cfgs:
-            if cfg.hash() not in cache:
-                cache[cfg.hash()] = load_or_run(cfg, device=device, verbose=verbose)
-        out[name] = [cache[cfg.hash()] for cfg in cfgs]
-    return out
+    return load_groups(sweep_groups(profile), device=device, verbose=verbose)
 
 
 def runs_frame(results: list[Result]):

@@ -6,7 +6,8 @@ It sits above the experiments, whose registry it reaches, and below the chapters
 """
 
 from .parallel import require_data_parallel, run_parallel, run_torchrun
-from .run import load_or_run, load_summary
+from .run import load_groups, load_or_run, load_summary
 from .sweep import run_sweep
 
-__all__ = ["load_or_run", "load_summary", "run_sweep", "run_parallel", "run_torchrun", "require_data_parallel"]
+__all__ = ["load_groups", "load_or_run", "load_summary", "run_sweep", "run_parallel", "run_torchrun",
+           "require_data_parallel"]

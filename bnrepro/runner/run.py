@@ -19,7 +19,7 @@ from ..core.device import cpu_threads, run_threads
 from ..core.store import Result, load, path_for, prepare_folder, result_key, save_or_rescue
 from .parallel import run_parallel
 
-__all__ = ["load_or_run"]
+__all__ = ["load_groups", "load_or_run", "load_summary"]
 
 
 def load_or_run(cfg: ExperimentConfig, *, force: bool = False, device=None,
@@ -55,6 +55,19 @@ def load_or_run(cfg: ExperimentConfig, *, force: bool = False, device=None,
     if verbose:
         print(f"done in {time.perf_counter() - start:.1f} s; stored as {path.parent.name}/{path.name}")
     return result
+
+
+def load_groups(groups: dict, *, device=None, verbose: bool = True) -> dict[str, list[Result]]:
+    """:func:`load_or_run` for named groups of configs (a chapter's studies), each config once even
+    where groups share it: ``{name: [cfg, ...]} -> {name: [Result, ...]}``."""
+    cache: dict[str, Result] = {}
+    out = {}
+    for name, cfgs in groups.items():
+        for cfg in cfgs:
+            if cfg.hash() not in cache:
+                cache[cfg.hash()] = load_or_run(cfg, device=device, verbose=verbose)
+        out[name] = [cache[cfg.hash()] for cfg in cfgs]
+    return out
 
 
 def load_summary(results) -> str:
