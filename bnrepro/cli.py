@@ -195,8 +195,8 @@ def cmd_bench(args) -> int:
               f"ratio {speed['ratio']:.2f}x")
     for net in CONV_NETS:
         r = conv_speed(net, device=device)
-        parts = [f"{v} {r['ms'][v]:.1f} ms ({r['speedup'][v]:.2f}x, grads within {r['max_grad_diff'][v]:.0e})"
-                 for v in r["ms"]]
+        parts = [f"{v} {r['ms'][v]:.1f} ms ({r['speedup'][v]:.2f}x; first-step gradient {r['grad_err'][v]:.0e} "
+                 f"from float64's, {r['pool_flips'][v]} max-pool argmax flips)" for v in r["ms"]]
         parts += [f"{v}: not measured ({why})" for v, why in r["skipped"].items()]
         print(f"{net}, one SGD step at batch {r['batch_size']} ({r['device']}, {r['threads']} threads): "
               + "; ".join(parts))
