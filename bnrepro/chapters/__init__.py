@@ -32,6 +32,7 @@ CHAPTERS: tuple[tuple[str, str, str], ...] = (
     ("book/bn_only", "Training only BatchNorm (Frankle et al.)", "bn_only"),
     ("book/norm_family", "The normalization family", "norm_family"),
     ("book/multidevice_bn", "Batch statistics across devices", "multidevice_bn"),
+    ("book/reader_questions", "Questions readers ask", "reader_questions"),
 )
 #: Pages of the book that summarize the chapters and score no claims themselves.
 SUMMARY_PAGES = ("book/intro", "book/scorecard", "book/references")
