@@ -137,10 +137,10 @@ class Rule:
         """The rule in plain words."""
         if self.kind == "between":
             return f"reproduced if our interval lies within [{fmt(self.target)}, {fmt(self.upper)}]"
-        side, beyond = ("above", "above") if self.kind == "at_least" else ("below", "below")
+        side = "above" if self.kind == "at_least" else "below"
         text = f"reproduced if our interval lies {side} {fmt(self.target)}"
         if self.null is not None:
-            text += f"; partly if it lies {beyond} {fmt(self.null)} but not {side} {fmt(self.target)}"
+            text += f"; partly if it lies {side} {fmt(self.null)} but not {side} {fmt(self.target)}"
         return text
 
 
