@@ -20,8 +20,8 @@ from ..core.device import cpu_threads
 from ..core.store import Result
 from ..experiments.bn_inference import CLAIMS as INFERENCE_CLAIMS
 from ..experiments.bn_inference import EARLY_STEPS, LATE_FRACTION, sweep
-from ..measure.bias_explosion import bias_explosion
-from ..measure.feature_scaling import feature_scaling_regression
+from ..measure.bias_explosion import bias_numbers
+from ..measure.feature_scaling import best_scaling_losses
 from ..measure.pitfalls import keras_deviation, pitfall_numbers, pitfall_values, running_var_gap
 from ..measure.speed import bn_speed
 from ..nn import batchnorm as bnr
@@ -29,9 +29,6 @@ from ..runner import load_or_run
 
 SHAPES = ((32, 5), (16, 3, 6, 6))        # a fully connected and a convolutional activation
 SCALES = (0.01, 0.1, 10.0, 1000.0)       # the a of Section 3.3's BN((aW)u) = BN(Wu)
-BIAS_STEPS = 200                         # Section 2's bias explosion, full-batch GD steps
-SCALING_STEPS = 300                      # feature scaling: SGD steps per run
-SCALING_LRS = (1e-5, 3e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 SPEED_SHAPE = (64, 32, 28, 28)           # a convolution-sized activation (batch 64, 32 channels)
 DRAW_SEEDS = (0, 1, 2)                   # seeds of the random problems (bias explosion, feature scaling)
 
@@ -180,27 +177,6 @@ def scale_invariance(seed: int = 0) -> dict[str, float]:
             "gradient": max(rel(a * loss_grad(a * W), grad_ref) for a in SCALES)}
 
 
-def bias_numbers(steps: int = BIAS_STEPS, seed: int = 0) -> dict[str, float]:
-    """Section 2 (:func:`bnrepro.measure.bias_explosion.bias_explosion`): ``growth`` = ||b_T|| / ||b_T/2|| with
-    the mean outside the gradient, ``loss_move_from_b`` = the largest loss change a bias step
-    causes there, ``b_change_inside`` = the range of ||b|| with the mean inside the gradient."""
-    outside = bias_explosion(in_gradient=False, steps=steps, seed=seed)
-    inside = bias_explosion(in_gradient=True, steps=steps, seed=seed)
-    return {"growth": outside["b_norm"][-1] / outside["b_norm"][steps // 2],
-            "loss_move_from_b": max(abs(v) for v in outside["loss_change_from_b"]),
-            "b_change_inside": max(inside["b_norm"]) - min(inside["b_norm"])}
-
-
-def best_scaling_losses(steps: int = SCALING_STEPS, seed: int = 0) -> dict[str, float]:
-    """Feature scaling (:func:`bnrepro.measure.feature_scaling.feature_scaling_regression`): per method, the
-    lowest final loss over :data:`SCALING_LRS` among the runs that did not diverge."""
-    best = {}
-    for method in ("raw", "standardized", "bn"):
-        runs = [feature_scaling_regression(method, lr, steps=steps, seed=seed) for lr in SCALING_LRS]
-        best[method] = min(r["final_loss"] for r in runs if not r["diverged"])
-    return best
-
-
 # ------------------------------------------------------------------ the bn_inference runs (part 3)
 def load(profile: str, device=None, verbose: bool = True) -> list[Result]:
     """Every run of the ``bn_inference`` sweep, from the results store (run if missing)."""
@@ -293,8 +269,9 @@ def quantities(profile: str, device=None, speed: dict | None = None, pitfalls: l
 
 _F64 = "an identity: float64 rounding is about 1e-16 per operation, far below 1e-10"
 _F32 = "an identity: float32 rounding (relative to the largest entry) stays below 1e-5"
-_COLLAPSE = "(0, 1) statistics saturate the sigmoids: 0.3 is most of the way from about 0.85 to chance (0.2)"
-_SLIM, _TRAINABLE = "TF1 Slim batch_norm: UPDATE_OPS", "About setting layer.trainable = False on a BN layer"
+_COLLAPSE = "with (0, 1) statistics each layer sees mis-scaled inputs: 0.3 is most of the way from 0.85 to chance (0.2)"
+_SAME = "a restored copy or a frozen body: nothing may change; 1e-6 leaves room for float32 rounding only"
+_SLIM, _TRAINABLE = "Slim batch_norm: UPDATE_OPS", "About setting layer.trainable = False on a BatchNormalization layer"
 #: The claims computed live in this chapter (no stored run), in table order; the
 #: bn_inference claims (registered by the experiment) follow them in :data:`SPECS`.
 LIVE = {s.id: s for s in (
@@ -349,14 +326,14 @@ LIVE = {s.id: s for s in (
               "named_parameters()): eval accuracy lost after loading", "collapses", at_least(0.3), _COLLAPSE,
               source="seed_feature_scaling", where="TF1 Saver over tf.trainable_variables()", post_hoc=True),
     ClaimSpec("saver-state-dict", CHECK, "checkpoint of state_dict() (buffers included): max |logit change| "
-              "after loading", "0", at_most(1e-6), _F32, source="pytorch_batchnorm",
+              "after loading", "0", at_most(1e-6), _SAME, source="pytorch_batchnorm",
               where="running_mean, running_var: buffers", fmt="{:.1e}"),
     ClaimSpec("requires-grad-false-moves-stats", CHECK, "requires_grad=False alone (BN in train mode, like TF1's "
               "trainable=False): relative change of the frozen body's running stats in fine-tuning", "moves",
               at_least(0.1), "frozen should mean 0; a tenth of their norm is a plain move", post_hoc=True,
               source="keras_batchnorm", where=_TRAINABLE, fmt="{:.2f}"),
     ClaimSpec("trainable-false-is-eval", CHECK, "requires_grad=False + BN eval() (TF2's trainable=False): change "
-              "of the body's stats and of the original logits", "0", at_most(1e-6), _F32,
+              "of the body's stats and of the original logits", "0", at_most(1e-6), _SAME,
               source="keras_batchnorm", where=_TRAINABLE, fmt="{:.1e}"),
     ClaimSpec("bn-speed", CHECK, "package BN forward+backward time / PyTorch's (64x32x28x28, CPU)", "<= 2",
               at_most(2.0), "pure PyTorch code within twice the time of PyTorch's fused kernel: our "
