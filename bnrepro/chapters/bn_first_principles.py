@@ -15,22 +15,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.claims import CHECK, EMPIRICAL, EXACT, Claim, ClaimSpec, at_least, at_most
+from ..core.claims import CHECK, EMPIRICAL, EXACT, Claim, ClaimSpec, at_least, at_most, between
 from ..core.device import cpu_threads
 from ..core.store import Result
 from ..experiments.bn_inference import CLAIMS as INFERENCE_CLAIMS
 from ..experiments.bn_inference import EARLY_STEPS, LATE_FRACTION, sweep
-from ..measure.bias_explosion import bias_explosion
-from ..measure.feature_scaling import feature_scaling_regression
+from ..measure.bias_explosion import bias_numbers
+from ..measure.feature_scaling import best_scaling_losses
+from ..measure.pitfalls import keras_deviation, pitfall_numbers, pitfall_values, running_var_gap
 from ..measure.speed import bn_speed
 from ..nn import batchnorm as bnr
 from ..runner import load_or_run
 
 SHAPES = ((32, 5), (16, 3, 6, 6))        # a fully connected and a convolutional activation
 SCALES = (0.01, 0.1, 10.0, 1000.0)       # the a of Section 3.3's BN((aW)u) = BN(Wu)
-BIAS_STEPS = 200                         # Section 2's bias explosion, full-batch GD steps
-SCALING_STEPS = 300                      # feature scaling: SGD steps per run
-SCALING_LRS = (1e-5, 3e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 SPEED_SHAPE = (64, 32, 28, 28)           # a convolution-sized activation (batch 64, 32 channels)
 DRAW_SEEDS = (0, 1, 2)                   # seeds of the random problems (bias explosion, feature scaling)
 
@@ -179,52 +177,6 @@ def scale_invariance(seed: int = 0) -> dict[str, float]:
             "gradient": max(rel(a * loss_grad(a * W), grad_ref) for a in SCALES)}
 
 
-def bias_numbers(steps: int = BIAS_STEPS, seed: int = 0) -> dict[str, float]:
-    """Section 2 (:func:`bnrepro.measure.bias_explosion.bias_explosion`): ``growth`` = ||b_T|| / ||b_T/2|| with
-    the mean outside the gradient, ``loss_move_from_b`` = the largest loss change a bias step
-    causes there, ``b_change_inside`` = the range of ||b|| with the mean inside the gradient."""
-    outside = bias_explosion(in_gradient=False, steps=steps, seed=seed)
-    inside = bias_explosion(in_gradient=True, steps=steps, seed=seed)
-    return {"growth": outside["b_norm"][-1] / outside["b_norm"][steps // 2],
-            "loss_move_from_b": max(abs(v) for v in outside["loss_change_from_b"]),
-            "b_change_inside": max(inside["b_norm"]) - min(inside["b_norm"])}
-
-
-def best_scaling_losses(steps: int = SCALING_STEPS, seed: int = 0) -> dict[str, float]:
-    """Feature scaling (:func:`bnrepro.measure.feature_scaling.feature_scaling_regression`): per method, the
-    lowest final loss over :data:`SCALING_LRS` among the runs that did not diverge."""
-    best = {}
-    for method in ("raw", "standardized", "bn"):
-        runs = [feature_scaling_regression(method, lr, steps=steps, seed=seed) for lr in SCALING_LRS]
-        best[method] = min(r["final_loss"] for r in runs if not r["diverged"])
-    return best
-
-
-def running_var_gap(m: int = 8, seed: int = 0) -> float:
-    """|running_var - m/(m-1) sigma_B^2| after one batch of ``m`` with momentum 1 (3 channels, float32)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        x = torch.randn(m, 3) * 2 + 1
-    layer = nn.BatchNorm1d(3, momentum=1.0)
-    layer(x)
-    return max_abs(layer.running_var, x.var(0, unbiased=True))
-
-
-def keras_deviation(batches: int = 200, m: int = 16, channels: int = 1000, seed: int = 1) -> float:
-    """PyTorch momentum 0.1 vs Keras's rule with decay 0.9 replayed by hand: max |diff| of the stats."""
-    decay = bnr.momentum_to_decay(0.1)
-    layer = nn.BatchNorm1d(channels, momentum=0.1)
-    mean, var = torch.zeros(channels), torch.ones(channels)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for _ in range(batches):
-            xb = torch.randn(m, channels)
-            layer(xb)
-            mean = decay * mean + (1 - decay) * xb.mean(0)
-            var = decay * var + (1 - decay) * xb.var(0, unbiased=True)
-    return max(max_abs(layer.running_mean, mean), max_abs(layer.running_var, var))
-
-
 # ------------------------------------------------------------------ the bn_inference runs (part 3)
 def load(profile: str, device=None, verbose: bool = True) -> list[Result]:
     """Every run of the ``bn_inference`` sweep, from the results store (run if missing)."""
@@ -289,11 +241,12 @@ def measure_speed(profile: str) -> dict:
     return bn_speed(shape=SPEED_SHAPE, repeats=10 if profile == "smoke" else 20, warmup=3, threads=1)
 
 
-def quantities(profile: str, device=None, speed: dict | None = None) -> dict:
+def quantities(profile: str, device=None, speed: dict | None = None, pitfalls: list | None = None) -> dict:
     """Every number the claims read (some seconds on a CPU, plus the ``bn_inference`` sweep
     if it is not stored). ``speed``: a :func:`measure_speed` result to reuse (the chapter
-    passes the one it shows), else measured here. Random problems are solved for each of
-    :data:`DRAW_SEEDS` (lists, one value per seed)."""
+    passes the one it shows), else measured here; ``pitfalls`` likewise, a
+    :func:`~bnrepro.measure.pitfalls.pitfall_numbers` result. Random problems are solved and the
+    pitfalls' nets trained for each of :data:`DRAW_SEEDS` (lists, one value per seed)."""
     inference = load(profile, device, verbose=False)
     ckpt = checkpoint_table(inference)
     runs = per_run_gaps(ckpt)
@@ -307,6 +260,7 @@ def quantities(profile: str, device=None, speed: dict | None = None) -> dict:
                  keras_dev=keras_deviation(), **{f"scale_{k}": v for k, v in scale_invariance().items()})
         bias = [bias_numbers(seed=seed) for seed in DRAW_SEEDS]
         best = [best_scaling_losses(seed=seed) for seed in DRAW_SEEDS]
+        q["pitfalls"] = pitfalls or pitfall_numbers(profile, DRAW_SEEDS)
     q.update({k: [b[k] for b in bias] for k in bias[0]})
     q.update(raw_over_std=[b["raw"] / b["standardized"] for b in best],
              raw_over_bn=[b["raw"] / b["bn"] for b in best])
@@ -315,6 +269,9 @@ def quantities(profile: str, device=None, speed: dict | None = None) -> dict:
 
 _F64 = "an identity: float64 rounding is about 1e-16 per operation, far below 1e-10"
 _F32 = "an identity: float32 rounding (relative to the largest entry) stays below 1e-5"
+_COLLAPSE = "with (0, 1) statistics each layer sees mis-scaled inputs: 0.3 is most of the way from 0.85 to chance (0.2)"
+_SAME = "a restored copy or a frozen body: nothing may change; 1e-6 leaves room for float32 rounding only"
+_SLIM, _TRAINABLE = "Slim batch_norm: UPDATE_OPS", "About setting layer.trainable = False on a BatchNormalization layer"
 #: The claims computed live in this chapter (no stored run), in table order; the
 #: bn_inference claims (registered by the experiment) follow them in :data:`SPECS`.
 LIVE = {s.id: s for s in (
@@ -358,6 +315,26 @@ LIVE = {s.id: s for s in (
               "running stats, 200 batches)", "equal", at_most(1e-5), _F32, source="keras_batchnorm",
               where="momentum: moving_mean = moving_mean * momentum + mean(batch) * (1 - momentum)",
               fmt="{:.1e}"),
+    ClaimSpec("no-update-ops-collapses", CHECK, "running stats never updated (Slim without UPDATE_OPS; "
+              "PyTorch momentum 0): eval accuracy lost vs the same weights with updates", "collapses",
+              at_least(0.3), _COLLAPSE, source="seed_feature_scaling", where=_SLIM, post_hoc=True),
+    ClaimSpec("update-ops-fix", CHECK, "with the updates (momentum 0.1): train-mode (batch stats) minus eval "
+              "accuracy", "≈ 0", between(-0.1, 0.1), "the running averages trail the weights by a few steps "
+              "(Sec. 3 above): well under 0.1, against about 0.6 without updates", source="seed_feature_scaling",
+              where=_SLIM, post_hoc=True),
+    ClaimSpec("saver-trainable-only", CHECK, "checkpoint of the trainable variables only (PyTorch: "
+              "named_parameters()): eval accuracy lost after loading", "collapses", at_least(0.3), _COLLAPSE,
+              source="seed_feature_scaling", where="TF1 Saver over tf.trainable_variables()", post_hoc=True),
+    ClaimSpec("saver-state-dict", CHECK, "checkpoint of state_dict() (buffers included): max |logit change| "
+              "after loading", "0", at_most(1e-6), _SAME, source="pytorch_batchnorm",
+              where="running_mean, running_var: buffers", fmt="{:.1e}"),
+    ClaimSpec("requires-grad-false-moves-stats", CHECK, "requires_grad=False alone (BN in train mode, like TF1's "
+              "trainable=False): relative change of the frozen body's running stats in fine-tuning", "moves",
+              at_least(0.1), "frozen should mean 0; a tenth of their norm is a plain move", post_hoc=True,
+              source="keras_batchnorm", where=_TRAINABLE, fmt="{:.2f}"),
+    ClaimSpec("trainable-false-is-eval", CHECK, "requires_grad=False + BN eval() (TF2's trainable=False): change "
+              "of the body's stats and of the original logits", "0", at_most(1e-6), _SAME,
+              source="keras_batchnorm", where=_TRAINABLE, fmt="{:.1e}"),
     ClaimSpec("bn-speed", CHECK, "package BN forward+backward time / PyTorch's (64x32x28x28, CPU)", "<= 2",
               at_most(2.0), "pure PyTorch code within twice the time of PyTorch's fused kernel: our "
               "engineering target", fmt="{:.2f}"),
@@ -387,6 +364,7 @@ def score(q: dict, profile: str) -> list[Claim]:
         "running-stats-warm-up": (q["early_gaps"], lenet.replace("seeds per lr", "seeds per lr, both lrs")),
         "running-stats-trail-at-lr-1": (q["late_gaps_high"], lenet),
         "running-stats-fine-at-lr-0.1": (q["late_gaps_low"], lenet),
+        **pitfall_values(q["pitfalls"], profile),
         "bn-speed": (speed["ratio"], f"{threads}, timed when the claims are computed")}
     return [spec.score(*values[spec.id]) for spec in SPECS]
 

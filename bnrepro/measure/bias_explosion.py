@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["bias_explosion"]
+__all__ = ["BIAS_STEPS", "bias_explosion", "bias_numbers"]
+
+#: Full-batch GD steps of the chapter's bias explosion (Section 2).
+BIAS_STEPS = 200
 
 
 def bias_explosion(in_gradient: bool, steps: int = 200, lr: float = 0.1, n: int = 256,
@@ -62,3 +65,14 @@ def bias_explosion(in_gradient: bool, steps: int = 200, lr: float = 0.1, n: int 
             b.copy_(b_new)
     out["b_norm_final"] = b.detach().norm().item()
     return out
+
+
+def bias_numbers(steps: int = BIAS_STEPS, seed: int = 0) -> dict[str, float]:
+    """Section 2 (:func:`bias_explosion`): ``growth`` = ||b_T|| / ||b_T/2|| with
+    the mean outside the gradient, ``loss_move_from_b`` = the largest loss change a bias step
+    causes there, ``b_change_inside`` = the range of ||b|| with the mean inside the gradient."""
+    outside = bias_explosion(in_gradient=False, steps=steps, seed=seed)
+    inside = bias_explosion(in_gradient=True, steps=steps, seed=seed)
+    return {"growth": outside["b_norm"][-1] / outside["b_norm"][steps // 2],
+            "loss_move_from_b": max(abs(v) for v in outside["loss_change_from_b"]),
+            "b_change_inside": max(inside["b_norm"]) - min(inside["b_norm"])}

@@ -15,10 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SCALING_METHODS", "feature_scaling_data", "feature_scaling_regression"]
+__all__ = ["SCALING_LRS", "SCALING_METHODS", "SCALING_STEPS", "best_scaling_losses", "feature_scaling_data",
+           "feature_scaling_regression"]
 
 
 SCALING_METHODS = ("raw", "standardized", "bn")
+#: The chapter's comparison: SGD steps per run and the learning rates tried per method.
+SCALING_STEPS = 300
+SCALING_LRS = (1e-5, 3e-5, 1e-4, 1e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
 _W_TRUE, _B_TRUE, _NOISE = (1.5, -2.0), 0.5, 0.1
 
 
@@ -103,3 +107,13 @@ def feature_scaling_regression(method: str, lr: float, steps: int = 300, batch_s
             out["final_loss_eval"] = (0.5 * F.mse_loss(model(x), y).item()
                                       if not out["diverged"] else math.inf)
     return out
+
+
+def best_scaling_losses(steps: int = SCALING_STEPS, seed: int = 0) -> dict[str, float]:
+    """Feature scaling (:func:`feature_scaling_regression`): per method, the
+    lowest final loss over :data:`SCALING_LRS` among the runs that did not diverge."""
+    best = {}
+    for method in ("raw", "standardized", "bn"):
+        runs = [feature_scaling_regression(method, lr, steps=steps, seed=seed) for lr in SCALING_LRS]
+        best[method] = min(r["final_loss"] for r in runs if not r["diverged"])
+    return best
