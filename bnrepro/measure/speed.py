@@ -164,9 +164,16 @@ def bn_speed(shape=(64, 32, 28, 28), repeats: int = 30, warmup: int = 5,
 
 #: The conv nets of the book's cpu profile that :func:`conv_speed` measures (builders take norm="bn").
 CONV_NETS = {
+    "tiny VGG (bn_training, ICS)": lambda: _vgg_tiny(),
     "small VGG (width 16)": lambda: _vgg_small(),
     "LeNet (BN)": lambda: LeNet(norm="bn"),
 }
+
+
+def _vgg_tiny():
+    from ..models.vgg import NoisyVGG
+
+    return NoisyVGG("tiny", norm="bn", noise=False, num_classes=10, in_channels=1)
 
 
 def _vgg_small():
