@@ -131,9 +131,9 @@ def ablation_frame(results: list[Result]):
 
 def rise_fraction(epochs: list[dict], chance: float = CHANCE) -> float:
     """The fraction of the run (epoch / epochs) at which the test accuracy first reaches halfway from
-    ``chance`` to its final value."""
+    ``chance`` to its final value (a run that ends below chance: where it first reaches its final value)."""
     acc = [e["test_acc"] for e in epochs]
-    level = chance + 0.5 * (acc[-1] - chance)
+    level = min(acc[-1], chance + 0.5 * (acc[-1] - chance))
     return next(i for i, a in enumerate(acc, 1) if a >= level) / len(acc)
 
 
