@@ -185,7 +185,8 @@ def _ks_distance(sample: torch.Tensor, cdf) -> float:
 
 
 def test_initialisers_have_the_stated_distributions():
-    assert set(BN_INITS) == {"uniform", "fixed", "he_normal", "positivenegative"}
+    assert set(BN_INITS) == {"uniform", "fixed", "he_normal", "positivenegative", "zero", "zero_residual"}
+    assert torch.equal(_gammas("zero", 100), torch.zeros(100))
     n = 20_000
     crit = 1.63 / math.sqrt(n)  # Kolmogorov-Smirnov, 1% level
     g = _gammas("fixed", n)

@@ -119,6 +119,10 @@ class BNOnlyConfig(ExperimentConfig):
         require(self.trainable in FREEZINGS, "trainable", self.trainable,
                 f"must be one of {', '.join(FREEZINGS)}")
         require(self.bn_init in BN_INITS, "bn_init", self.bn_init, f"must be one of {', '.join(BN_INITS)}")
+        require(self.arch == "resnet" or self.bn_init != "zero_residual", "bn_init", self.bn_init,
+                "zeroes the end of every residual branch: only for arch='resnet'")
+        require(self.arch == "resnet" or self.trainable != "bn_shortcut", "trainable", self.trainable,
+                "trains the 1x1 shortcut convolutions: only for arch='resnet'")
         require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"must be one of {', '.join(OPTIMIZERS)}")
         require(self.schedule in SCHEDULES, "schedule", self.schedule, f"must be one of {', '.join(SCHEDULES)}")
         require(self.lr > 0, "lr", self.lr, "the learning rate must be > 0")

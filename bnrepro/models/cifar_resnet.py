@@ -90,6 +90,12 @@ class CifarResNet(nn.Module):
     #: Parameter names of the output layer (open_lth's ``output_layer_names``).
     output_layer_names = ("fc.weight", "fc.bias")
 
+    @property
+    def residual_bn_names(self) -> tuple[str, ...]:
+        """Module names of the last BN of every residual branch (``blocks.<i>.bn2``): the layers
+        a zero-gamma initialisation zeroes so that every block starts as its shortcut."""
+        return tuple(f"blocks.{i}.bn2" for i in range(len(self.blocks)))
+
     def forward(self, x):
         out = F.relu(self.bn(self.conv(x)))
         out = self.blocks(out)

@@ -11,6 +11,8 @@ a :class:`Trainable` (what trains, by name, and how many scalars):
 * :func:`train_only_bn` -- gamma and beta only (``output_layer=True``: plus the
   output layer, open_lth's ``others_frozen`` alone);
 * :func:`train_only_output` -- the output layer on top of frozen random features;
+* :func:`train_bn_and_shortcuts` -- gamma and beta plus the 1x1 (projection)
+  shortcut convolutions: an idea the BN-only blog lists for later;
 * :func:`train_random_per_channel` -- the paper's control: as many scalars as
   BN has (2 per channel), but ordinary weights chosen at random, 2 per output
   channel of every convolution, with BN frozen at its initialisation.
@@ -35,7 +37,19 @@ looked up by name in :data:`BN_INITS`; beta always starts at 0:
 * ``"he_normal"`` -- Keras's ``he_normal`` applied to the gamma vector, as the
   blog did: a normal with standard deviation sqrt(2 / C) (C = channels, the
   vector's fan-in in Keras) truncated at two standard deviations;
-* ``"positivenegative"`` -- gamma ~ U[-1, 1].
+* ``"positivenegative"`` -- gamma ~ U[-1, 1];
+* ``"zero"`` -- gamma = 0 in every BN layer. With beta = 0 too, every BN
+  outputs exactly 0 and every ReLU sees exactly 0, where PyTorch's (and
+  TensorFlow's) ReLU gradient is 0: no BN parameter gets any gradient, so
+  BN-only training never moves (``tests/test_freeze.py``);
+* ``"zero_residual"`` -- gamma ~ U[0, 1] as ``"uniform"`` (the same draw for
+  the same seed), then gamma = 0 in the last BN of every residual branch (the
+  model declares them as ``residual_bn_names``): every residual block starts
+  as its shortcut (Goyal et al. 2017's zero-gamma trick), and those gammas do
+  get gradient, through the shortcut's non-zero signal.
+
+Initialisers that need to know the layers (``"zero_residual"``) say so with
+the attribute ``zero_residual_branches``; the others act on one gamma vector.
 """
 
 from __future__ import annotations
@@ -52,7 +66,8 @@ from .batchnorm import is_batchnorm
 
 __all__ = ["BN_INITS", "FREEZINGS", "Trainable", "apply_freezing", "batchnorm_layers",
            "batchnorm_parameter_names", "bn_gammas", "init_batchnorm", "output_layer_names",
-           "train_all", "train_only_bn", "train_only_output", "train_random_per_channel"]
+           "residual_bn_names", "shortcut_conv_names", "train_all", "train_bn_and_shortcuts",
+           "train_only_bn", "train_only_output", "train_random_per_channel"]
 
 
 # --------------------------------------------------------------------------- BN layers
@@ -120,12 +135,34 @@ def _gamma_positivenegative(gamma: torch.Tensor, generator: torch.Generator | No
     gamma.copy_(torch.rand(gamma.shape, generator=generator) * 2 - 1)
 
 
+def _gamma_zero(gamma: torch.Tensor, generator: torch.Generator | None) -> None:
+    gamma.zero_()
+
+
+def _gamma_zero_residual(gamma: torch.Tensor, generator: torch.Generator | None) -> None:
+    _gamma_uniform(gamma, generator)  # every layer as "uniform"; init_batchnorm then zeroes the branch ends
+
+
+_gamma_zero_residual.zero_residual_branches = True
+
 BN_INITS: dict[str, Callable[[torch.Tensor, torch.Generator | None], None]] = {
     "uniform": _gamma_uniform,            # open_lth default: U[0, 1]
     "fixed": _gamma_fixed,                # gamma = 1
     "he_normal": _gamma_he_normal,        # the blog's Keras he_normal
     "positivenegative": _gamma_positivenegative,  # U[-1, 1]
+    "zero": _gamma_zero,                  # gamma = 0 everywhere: a dead network (see the docstring)
+    "zero_residual": _gamma_zero_residual,  # U[0, 1], then 0 at the end of every residual branch
 }
+
+
+def residual_bn_names(model: nn.Module) -> tuple[str, ...]:
+    """Module names of the last BN of every residual branch, as the model declares them
+    (``model.residual_bn_names``); a ValueError if it declares none."""
+    names = tuple(getattr(model, "residual_bn_names", None) or ())
+    if not names:
+        raise ValueError(f"{type(model).__name__} declares no residual_bn_names (it has no residual branches "
+                         "to zero); bn_init='zero_residual' is for ResNets")
+    return names
 
 
 @torch.no_grad()
@@ -136,10 +173,14 @@ def init_batchnorm(model: nn.Module, name: str = "uniform", seed: int | None = N
     """
     if name not in BN_INITS:
         raise ValueError(f"bn_init={name!r} is not one of {', '.join(map(repr, BN_INITS))}")
+    init = BN_INITS[name]
+    branch_ends = set(residual_bn_names(model)) if getattr(init, "zero_residual_branches", False) else set()
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    for _, m in batchnorm_layers(model):
+    for layer, m in batchnorm_layers(model):
         gamma = torch.empty(m.weight.shape)
-        BN_INITS[name](gamma, generator)
+        init(gamma, generator)
+        if layer in branch_ends:
+            gamma.zero_()
         m.weight.copy_(gamma.to(m.weight))
         if isinstance(getattr(m, "bias", None), nn.Parameter):
             m.bias.zero_()
@@ -190,6 +231,31 @@ def train_only_bn(model: nn.Module, output_layer: bool = False) -> Trainable:
     bn = _require_bn(model)
     out = set(output_layer_names(model)) if output_layer else set()
     return _set_trainable(model, "bn_output" if output_layer else "bn", lambda n: n in bn or n in out)
+
+
+def shortcut_conv_names(model: nn.Module) -> tuple[str, ...]:
+    """Parameter names of every 1x1 convolution (in the book's ResNets: the projection shortcuts)."""
+    names = []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1):
+            prefix = f"{name}." if name else ""
+            names += [prefix + p for p, _ in m.named_parameters(recurse=False)]
+    return tuple(names)
+
+
+def train_bn_and_shortcuts(model: nn.Module) -> Trainable:
+    """Train BN's gamma and beta plus every 1x1 (shortcut) convolution; everything else frozen.
+
+    An idea the BN-only blog lists for later: the projection shortcuts carry
+    the signal past each stage's first block, so letting them learn gives the
+    network a few learned features. ResNet-14 (W = 16): 1,120 BN scalars plus
+    16*32 + 32*64 = 2,560 shortcut weights.
+    """
+    bn = _require_bn(model)
+    shortcuts = set(shortcut_conv_names(model))
+    if not shortcuts:
+        raise ValueError("the model has no 1x1 convolution (no projection shortcut) to unfreeze")
+    return _set_trainable(model, "bn_shortcut", lambda n: n in bn or n in shortcuts)
 
 
 def train_only_output(model: nn.Module) -> Trainable:
@@ -260,6 +326,7 @@ FREEZINGS: dict[str, Callable[..., Trainable]] = {
     "output": lambda model, seed=0: train_only_output(model),
     "random": lambda model, seed=0: train_random_per_channel(model, 2, seed=seed),
     "random_output": lambda model, seed=0: train_random_per_channel(model, 2, output_layer=True, seed=seed),
+    "bn_shortcut": lambda model, seed=0: train_bn_and_shortcuts(model),
 }
 
 
