@@ -307,10 +307,22 @@ def _batch_runs(table=_BATCH):
             for (v, b), accs in table.items() for lr, a in zip((0.1, 0.2, 0.4, 0.8), accs) for s in range(3)]
 
 
+#: regularized SkipInit: batch -> accuracy at lr 0.1, 0.2, 0.4, 0.8 (seeds add 0, 0.01, 0.02, as _BATCH)
+_REG = {16: (0.70, 0.795, 0.60, None), 256: (0.45, 0.60, 0.30, None)}
+
+
+def _variant_runs(reg=_REG):
+    deep = [_fake_run("skipinit_variants", {"variant": "skipinit_sqrt_d", "depth": 1000, "seed": s}, num_blocks=498,
+                      test_acc=a, planned_steps=50) for s, a in enumerate((0.30, 0.32, 0.34))]
+    return deep + [_fake_run("skipinit_variants", {"variant": "skipinit_reg", "batch_size": b, "lr": lr, "seed": s},
+                             test_acc=None if a is None else a + 0.01 * s, diverged=a is None)
+                   for b, accs in reg.items() for lr, a in zip((0.1, 0.2, 0.4, 0.8), accs) for s in range(3)]
+
+
 def _synthetic_results(**kw):
     """Small hand-made results whose claim values are known in advance."""
     return {"paths": [_paths_run()], "variance": _variance_runs(), "depth": _depth_runs(**kw),
-            "batch": _batch_runs()}
+            "batch": _batch_runs(), "variants": _variant_runs()}
 
 
 def test_claims_from_synthetic_results():
@@ -332,6 +344,9 @@ def test_claims_from_synthetic_results():
         "bn-lr-ratio-grows": (1.0, "reproduced"),                     # batch 256: BN best at 0.4, SkipInit 0.2
         "small-batch-similar": (0.01, "reproduced"),
         "bn-advantage-grows": ((0.70 - 0.55) - 0.01, "reproduced"),
+        "sqrt-d-trains-1000": (0.32, "reproduced"),
+        "reg-matches-bn-small-batch": (0.005, "reproduced"),          # BN 0.80 vs 0.795 at lr 0.2
+        "reg-matches-bn-larger-batch": (0.10, "partly"),              # BN 0.70 vs 0.60: below the 0.193 null
     }
     assert list(got) == [s.id for s in SPECS] == list(expected)
     for cid, (ours, verdict) in expected.items():

@@ -5,9 +5,11 @@
 disagree. The claims read the exact path-depth distribution
 (:mod:`bnrepro.measure.path_depth`: the one claim computed here, not from a
 stored run) and the stored runs of ``skipinit_paths`` (the Monte Carlo, a check
-of our code), ``skipinit_variance`` (Figure 4), ``skipinit_depth`` (Tables 1/2)
-and ``skipinit_batch`` (Figures 5/6). Every rule was fixed from the paper's
-statements before the runs; the experiment modules register them.
+of our code), ``skipinit_variance`` (Figure 4), ``skipinit_depth`` (Tables 1/2),
+``skipinit_batch`` (Figures 5/6) and ``skipinit_variants`` (alpha = 1/sqrt(d) at
+depth and regularized SkipInit, scored against the stored runs of the depth and
+batch sweeps). Every rule was fixed from the paper's statements before the runs;
+the experiment modules register them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from ..core.store import Result
 from ..data.datasets import DATASET_SIZES
 from ..experiments.skipinit import PATHS_CLAIMS, VARIANCE_CLAIMS, SkipInitPathsConfig, sweep_variance
 from ..experiments.skipinit_train import BATCH_CLAIMS, DEPTH_CLAIMS, sweep_batch, sweep_depth
+from ..experiments.skipinit_variants import REG, SQRT_D, VARIANT_CLAIMS
+from ..experiments.skipinit_variants import sweep as sweep_variants
 from ..measure.path_depth import share_within
+from ..models.resnet import VARIANTS
 from ..runner import load_or_run
 
 #: Test accuracy of a 10-class guess; a diverged run counts as this.
@@ -33,7 +38,7 @@ HEADLINE_BLOCKS, HEADLINE_BRANCHES = 10_000, 15
 #: Runs shorter than this many epochs cannot score "comparable to BN" (they measure the first steps).
 COMPARE_EPOCHS = 10
 #: How the chapter names the two arms of the batch-size sweep.
-BATCH_ARMS = {"bn": "BN", "skipinit": "SkipInit"}
+BATCH_ARMS = {"bn": "BN", "skipinit": "SkipInit", REG: "regularized SkipInit"}
 
 #: The 97% is computed exactly here, with the convention of the paper's wording: the variance
 #: entering block i is i (the stem hands a unit variance to block 1, so s = 1 below).
@@ -45,17 +50,18 @@ PATHS_97 = ClaimSpec(
 
 #: Every claim the chapter scores, in its table's order.
 SPECS = (PATHS_97, *PATHS_CLAIMS.values(), *VARIANCE_CLAIMS.values(), *DEPTH_CLAIMS.values(),
-         *BATCH_CLAIMS.values())
+         *BATCH_CLAIMS.values(), *VARIANT_CLAIMS.values())
 
 
 def load(profile: str, device=None, verbose: bool = True) -> dict[str, list[Result]]:
     """The runs the claims read, from the results store (run if missing), in sweep order:
-    ``{"paths": [...], "variance": [...], "depth": [...], "batch": [...]}``."""
+    ``{"paths": [...], "variance": [...], "depth": [...], "batch": [...], "variants": [...]}``."""
     def get(cfgs):
         return [load_or_run(cfg, device=device, verbose=verbose) for cfg in cfgs]
 
     return {"paths": get([SkipInitPathsConfig.for_profile(profile)]), "variance": get(sweep_variance(profile)),
-            "depth": get(sweep_depth(profile)), "batch": get(sweep_batch(profile))}
+            "depth": get(sweep_depth(profile)), "batch": get(sweep_batch(profile)),
+            "variants": get(sweep_variants(profile))}
 
 
 # ------------------------------------------------------------------ the Monte Carlo (a check)
@@ -213,6 +219,58 @@ def grid_note(batch_df) -> str:
     return "; ".join(f"batch {b}: lr {g.min():.4g} to {g.max():.4g}" for b, g in batch_df.groupby("batch")["lr"])
 
 
+# ------------------------------------------------------------------ SkipInit variants
+def variant_values(results: dict) -> dict:
+    """The runs of ``skipinit_variants`` against their stored baselines.
+
+    ``sqrt_d``: accuracy-or-chance of alpha = 1/sqrt(d) per seed at its depth, ``zero``: alpha = 0
+    there (the depth sweep); ``frame``: BN, SkipInit and regularized SkipInit at the regularized
+    arm's batch sizes (the batch sweep's runs and ours); ``best``/``optimum``: as :func:`best_lrs`;
+    per batch size b, ``gap_reg[b]`` and ``gap_plain[b]`` (BN minus each arm, per seed) and
+    ``edges``: the (arm, batch) whose optimum sits on the grid's edge (that batch is not scored)."""
+    import pandas as pd
+
+    runs = results["variants"]
+    deep = depth_frame([r for r in runs if r.config["variant"] == SQRT_D]).sort_values("seed")
+    dmax = int(deep["depth"].max())
+    plain = depth_frame(results["depth"])
+    plain = plain[(plain["variant"] == "skipinit") & (plain["depth"] == dmax)].sort_values("seed")
+    reg = batch_frame([r for r in runs if r.config["variant"] == REG])
+    base = batch_frame(results["batch"])
+    frame = pd.concat([base[base["batch"].isin(set(reg["batch"]))], reg], ignore_index=True)
+    best, opt = best_lrs(frame)
+    edges = [(a, int(b)) for a, b, e in zip(opt["arm"], opt["batch"], opt["at_edge"]) if e and a != "SkipInit"]
+    acc = best.pivot_table(index=["batch", "seed"], columns="arm", values="test_acc", aggfunc="first").astype(float)
+    gaps = {name: {int(b): [float(g.loc[(b, s), "BN"] - g.loc[(b, s), arm]) for s in g.loc[b].index]
+                   for b in sorted({b for b, _ in g.index})}
+            for name, arm in (("gap_reg", BATCH_ARMS[REG]), ("gap_plain", "SkipInit"))
+            for g in [acc.dropna(subset=["BN", arm])]}
+    return {"dmax": dmax, "blocks": int(deep["blocks"].max()), "steps": int(deep["steps"].max()),
+            "sqrt_d": list(deep["acc_or_chance"]), "zero": list(plain["acc_or_chance"]),
+            "sqrt_d_diverged": int(deep["diverged"].sum()), "frame": frame, "best": best, "optimum": opt,
+            "edges": edges, "batches": sorted(int(b) for b in set(reg["batch"])), **gaps}
+
+
+def _variant_claims(results: dict, profile: str) -> list[Claim]:
+    v = variant_values(results)
+    r0 = next(r for r in results["variants"] if r.config["variant"] == SQRT_D).config
+    b0 = next(r for r in results["variants"] if r.config["variant"] == REG).config
+    widths = f"{r0['base_width']}-{4 * r0['base_width'] * r0['widen']}"
+    sqrt_scale = (f"{profile} profile: {v['dmax']} layers ({v['blocks']} blocks, alpha = 1/sqrt(d) = "
+                  f"{v['blocks'] ** -0.5:.3f} at init), channels {widths}, {r0['dataset']}, {v['steps']} steps "
+                  f"of batch {r0['batch_size']}")
+    claims = [VARIANT_CLAIMS["sqrt-d-trains-1000"].score(v["sqrt_d"], sqrt_scale)]
+    for cid, b in zip(("reg-matches-bn-small-batch", "reg-matches-bn-larger-batch"), v["batches"]):
+        at_edge = [a for a, bb in v["edges"] if bb == b]
+        scale = (f"{profile} profile: ResNet-{b0['depth']}, batch {b}, {b0['epochs']} epochs over "
+                 f"{b0['n_train'] or 'all'} {b0['dataset']} images, dropout {VARIANTS[REG]['dropout']:g} before the "
+                 f"final layer; BN from the stored batch sweep; best lr per seed on the same grid")
+        if at_edge:
+            scale += "; not scored: the best lr lies on the grid's edge for " + ", ".join(at_edge)
+        claims.append(VARIANT_CLAIMS[cid].score([] if at_edge else v["gap_reg"].get(b, []), scale))
+    return claims
+
+
 # ------------------------------------------------------------------ claims
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
@@ -263,6 +321,7 @@ def score(results: dict, profile: str) -> list[Claim]:
         DEPTH_CLAIMS["alpha1-fails"].score(depth["acc"].get("alpha1", []), depth_scale),
         DEPTH_CLAIMS["sqrt2-fails"].score(depth["acc"].get("sum_sqrt2", []), depth_scale),
         *[BATCH_CLAIMS[cid].score(batch[cid], batch_scale) for cid in BATCH_CLAIMS],
+        *_variant_claims(results, profile),
     ]
 
 
