@@ -272,7 +272,7 @@ def _variant_claims(results: dict, profile: str) -> list[Claim]:
 
 
 # ------------------------------------------------------------------ claims
-def _count(n: int, noun: str) -> str:
+def count_noun(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
@@ -290,10 +290,10 @@ def score(results: dict, profile: str) -> list[Claim]:
     paths_cfg = results["paths"][0].config
 
     fig4a_scale = (f"{profile} profile: {vcfg['linear']['num_blocks']} blocks of width {vcfg['linear']['width']}, "
-                   f"Gaussian inputs, {_count(len(lin), 'random network')}")
+                   f"Gaussian inputs, {count_noun(len(lin), 'random network')}")
     fig4b_scale = (f"{profile} profile: ResNet-{vcfg['conv']['depth']} with BN, {vcfg['conv']['base_width']}-"
                    f"{4 * vcfg['conv']['base_width'] * vcfg['conv']['widen']} channels, {vcfg['conv']['dataset']}, "
-                   f"{_count(conv['seed'].nunique(), 'random network')}")
+                   f"{count_noun(conv['seed'].nunique(), 'random network')}")
     depth_scale = (f"{profile} profile: {depth['dmax']} layers, channels {dcfg['base_width']}-"
                    f"{4 * dcfg['base_width'] * dcfg['widen']}, {dcfg['dataset']}, "
                    f"{results['depth'][-1]['planned_steps']} steps of batch {dcfg['batch_size']}, {device}")
