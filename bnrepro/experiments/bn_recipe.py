@@ -141,8 +141,8 @@ def arm_of(config: dict) -> str:
 
 
 def sweep(profile: str) -> list[RecipeConfig]:
-    """Every arm x every seed of ``profile``."""
-    return [RecipeConfig.for_profile(profile, seed=s, **arm_settings(arm)) for arm in ARMS for s in SEEDS[profile]]
+    """Every arm x every seed of ``profile``, seed by seed (an interrupted sweep leaves whole seeds)."""
+    return [RecipeConfig.for_profile(profile, seed=s, **arm_settings(arm)) for s in SEEDS[profile] for arm in ARMS]
 
 
 register(RecipeConfig, run, sweep, data_parallel=False)
