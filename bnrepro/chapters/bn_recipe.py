@@ -78,19 +78,38 @@ def _by_seed(df, arm: str, column: str = "test_acc") -> dict[int, float]:
     return dict(zip(sel["seed"], sel[column]))
 
 
-def claim_values(results: list[Result]) -> dict[str, list[float]]:
-    """Each claim's per-seed values: steps ratios (baseline / arm) or accuracy differences (arm - baseline)."""
+def paired(results: list[Result], arm: str) -> dict[str, list[float]]:
+    """``arm`` against the baseline, seed by seed: ``speedup`` (steps to the target, baseline / arm)
+    and ``gain`` (final test accuracy, arm - baseline)."""
     df = runs_frame(results)
     sp = speed(results)["steps"]
-    out = {}
-    for cid, arm in CLAIM_ARMS.items():
-        if cid in SPEED_CLAIMS:
-            base, other = sp.get("baseline", {}), sp.get(arm, {})
-            out[cid] = [base[s] / other[s] for s in sorted(base) if s in other]
-        else:
-            base, other = _by_seed(df, "baseline"), _by_seed(df, arm)
-            out[cid] = [other[s] - base[s] for s in sorted(base) if s in other]
-    return out
+    base_steps, arm_steps = sp.get("baseline", {}), sp.get(arm, {})
+    base_acc, arm_acc = _by_seed(df, "baseline"), _by_seed(df, arm)
+    return {"speedup": [base_steps[s] / arm_steps[s] for s in sorted(base_steps) if s in arm_steps],
+            "gain": [arm_acc[s] - base_acc[s] for s in sorted(base_acc) if s in arm_acc]}
+
+
+def effects(results: list[Result]):
+    """Per arm but the baseline: the mean and 95% interval of its paired speed-up and accuracy gain."""
+    import pandas as pd
+
+    rows = []
+    for arm in ARMS[1:]:
+        p = paired(results, arm)
+        if not p["gain"]:
+            continue
+        row = {"arm": arm}
+        for key, values in p.items():
+            mean, low, high = interval(values)
+            row.update({key: sum(values) / len(values), f"{key}_low": low, f"{key}_high": high})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("arm")
+
+
+def claim_values(results: list[Result]) -> dict[str, list[float]]:
+    """Each claim's per-seed values: steps ratios (baseline / arm) or accuracy differences (arm - baseline)."""
+    return {cid: paired(results, arm)["speedup" if cid in SPEED_CLAIMS else "gain"]
+            for cid, arm in CLAIM_ARMS.items()}
 
 
 def arm_summary(results: list[Result]):
