@@ -143,17 +143,20 @@ SETTING_NAMES = {"lr": "learning rate", "dropout": "dropout", "weight_decay": "L
 SHUFFLE_NAMES = {"fixed_batches": "fixed, reordered", "epoch": "new every epoch"}
 
 
-def describe_setting(key: str, value) -> str:
-    """One setting as the chapter shows it, e.g. ``learning rate 0.05`` or ``batches new every epoch``."""
+def setting_value(key: str, value) -> str:
+    """A setting's value as the chapter shows it, e.g. ``0.05``, ``6x`` or ``new every epoch``."""
     if key == "shuffle":
-        shown = SHUFFLE_NAMES[value]
-    elif key == "lrn":
-        shown = "yes" if value else "no"
-    elif key == "decay_speed":
-        shown = f"{value:g}x"
-    else:
-        shown = f"{value:g}"
-    return f"{SETTING_NAMES[key]} {shown}"
+        return SHUFFLE_NAMES[value]
+    if key == "lrn":
+        return "yes" if value else "no"
+    return f"{value:g}x" if key == "decay_speed" else f"{value:g}"
+
+
+def describe_setting(key: str, value) -> str:
+    """One setting as the chapter shows it, e.g. ``learning rate 0.05`` or ``no LRN``."""
+    if key == "lrn":
+        return "LRN" if value else "no LRN"
+    return f"{SETTING_NAMES[key]} {setting_value(key, value)}"
 
 
 def _describe(change: dict) -> str:
