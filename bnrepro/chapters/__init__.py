@@ -27,6 +27,7 @@ CHAPTERS: tuple[tuple[str, str, str], ...] = (
     ("book/lenet", "LeNet with BN (d2l)", "lenet"),
     ("book/bn_first_principles", "BN from first principles", "bn_first_principles"),
     ("book/bn_training", "BN in training (Ioffe & Szegedy)", "bn_training"),
+    ("book/bn_recipe", "Accelerating BN networks: the recipe", "bn_recipe"),
     ("book/ics", "Is it internal covariate shift?", "ics"),
     ("book/skipinit", "SkipInit (De & Smith)", "skipinit"),
     ("book/bn_only", "Training only BatchNorm (Frankle et al.)", "bn_only"),

@@ -11,7 +11,7 @@ import hashlib
 
 import torch
 
-__all__ = ["Batches", "random_crop_flip"]
+__all__ = ["Batches", "compose", "photometric_jitter", "random_crop_flip"]
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -28,10 +28,15 @@ class Batches:
     permutation (then moved to the device), so resuming a run at epoch ``e``
     reproduces the batches exactly, on any device. The same generator is handed
     to ``augment(xb, generator)``, making augmentation reproducible too.
+
+    ``fixed_batches=True`` (with ``shuffle``) cuts the batches once, from epoch
+    0's permutation, and only shuffles their order each epoch: the same images
+    always meet in one batch (the "less thorough shuffling" that Ioffe &
+    Szegedy's Sec. 4.2.1 removes).
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = True,
-                 seed: int = 0, drop_last: bool = False, augment=None):
+                 seed: int = 0, drop_last: bool = False, augment=None, fixed_batches: bool = False):
         if len(x) != len(y):
             raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -43,6 +48,7 @@ class Batches:
             raise ValueError(f"augment must be a callable (xb, generator) -> xb or None, got {augment!r}")
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.seed, self.drop_last, self.augment = shuffle, int(seed), drop_last, augment
+        self.fixed_batches = bool(fixed_batches)
 
     def __len__(self) -> int:
         n = len(self.x)
@@ -57,8 +63,15 @@ class Batches:
             raise ValueError(f"epoch must be an int >= 0, got {e!r}")
         gen = torch.Generator().manual_seed(_epoch_seed(self.seed, e))
         n, bs = len(self.x), self.batch_size
-        perm = torch.randperm(n, generator=gen).to(self.x.device) if self.shuffle else None
-        for i in range(len(self)):
+        order = range(len(self))
+        if self.shuffle and self.fixed_batches:
+            # epoch 0's permutation cuts the batches for good; each epoch draws only their order
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(_epoch_seed(self.seed, 0)))
+            perm = perm.to(self.x.device)
+            order = torch.randperm(len(self), generator=gen).tolist()
+        else:
+            perm = torch.randperm(n, generator=gen).to(self.x.device) if self.shuffle else None
+        for i in order:
             if perm is None:  # contiguous slices are views: no copy at all
                 xb, yb = self.x[i * bs:(i + 1) * bs], self.y[i * bs:(i + 1) * bs]
             else:
@@ -111,3 +124,55 @@ def random_crop_flip(pad: int = 4, flip: bool = True) -> _RandomCropFlip:
     if not isinstance(flip, bool):
         raise ValueError(f"flip must be True or False, got {flip!r}")
     return _RandomCropFlip(pad, flip)
+
+
+class _PhotometricJitter:
+    """Callable returned by :func:`photometric_jitter`."""
+
+    def __init__(self, strength: float):
+        self.strength = strength
+
+    def __repr__(self) -> str:
+        return f"photometric_jitter(strength={self.strength:g})"
+
+    def __call__(self, xb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if xb.dim() != 4:
+            raise ValueError(f"photometric_jitter expects a batch (N, C, H, W), got shape {tuple(xb.shape)}")
+        if self.strength == 0:
+            return xb
+        n, s = len(xb), self.strength
+        gdev = generator.device if generator is not None else "cpu"
+        # contrast c in [1 - s/2, 1 + s/2] around each image's own mean, brightness b in [-s/2, s/2]
+        u = torch.rand(2, n, 1, 1, 1, generator=generator, device=gdev).to(xb.device)
+        contrast, brightness = 1 + s * (u[0] - 0.5), s * (u[1] - 0.5)
+        mean = xb.mean(dim=(1, 2, 3), keepdim=True)
+        return (xb - mean) * contrast + mean + brightness
+
+
+def photometric_jitter(strength: float = 1.0) -> _PhotometricJitter:
+    """Batched photometric distortion: per image, a random contrast in [1 - s/2, 1 + s/2] (around
+    the image's mean) and a random brightness shift in [-s/2, s/2], for ``strength`` s (in units
+    of the standardized pixels' standard deviation); s = 0 leaves the batch as it is."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 <= strength <= 2:
+        raise ValueError(f"strength must be a number in [0, 2], got {strength!r}")
+    return _PhotometricJitter(float(strength))
+
+
+class _Compose:
+    def __init__(self, augments):
+        self.augments = augments
+
+    def __repr__(self) -> str:
+        return "compose(" + ", ".join(map(repr, self.augments)) + ")"
+
+    def __call__(self, xb: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        for augment in self.augments:
+            xb = augment(xb, generator)
+        return xb
+
+
+def compose(*augments) -> _Compose:
+    """Several batched augmentations applied in turn, sharing the batches' generator."""
+    if not all(callable(a) for a in augments):
+        raise ValueError("compose takes callables (xb, generator) -> xb")
+    return _Compose(augments)

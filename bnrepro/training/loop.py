@@ -1,7 +1,8 @@
 """The one training loop of the book.
 
 Data stays on the device as whole tensors (:class:`bnrepro.data.Batches`);
-the loop is SGD or Adam with an optional learning-rate schedule, evaluates on
+the loop is SGD or Adam with an optional learning-rate schedule (constant,
+step, cosine, exponential), evaluates on
 the test set each epoch (and, with ``eval_every_steps``, every k steps), keeps
 a per-step and per-epoch history, and treats
 divergence as a result: a NaN/inf loss stops the run and sets
@@ -32,7 +33,11 @@ from ..data import Batches, TensorData
 from .hooks import active_hook
 
 OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("constant", "step", "cosine")
+SCHEDULES = ("constant", "step", "cosine", "exp")
+#: How the training set is cut into batches each epoch: "epoch" draws a new permutation every epoch;
+#: "fixed_batches" keeps the batches of epoch 0 (the same images always share a batch) and only
+#: shuffles their order (the "less thorough shuffling" of Ioffe & Szegedy's Sec. 4.2.1).
+SHUFFLES = ("epoch", "fixed_batches")
 
 
 @dataclasses.dataclass
@@ -128,7 +133,9 @@ def lr_factor(schedule: str, step: int, total_steps: int, milestones: Sequence[f
 
     ``step``: times ``gamma`` at each milestone, given as fractions of the run
     (0.5, 0.75 = the paper recipes' drops at 50% and 75% of training);
-    ``cosine``: half a cosine from 1 to 0. A linear warm-up over
+    ``cosine``: half a cosine from 1 to 0; ``exp``: exponential decay,
+    ``gamma ** (step / total_steps)`` (``gamma`` is the multiplier over the
+    whole run; a decay k times faster is ``gamma ** k``). A linear warm-up over
     ``warmup_steps`` multiplies either.
     """
     warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
@@ -138,6 +145,8 @@ def lr_factor(schedule: str, step: int, total_steps: int, milestones: Sequence[f
         return warm * gamma ** sum(step >= m * total_steps for m in milestones)
     if schedule == "cosine":
         return warm * 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
+    if schedule == "exp":
+        return warm * gamma ** (min(step, total_steps) / max(total_steps, 1))
     raise ValueError(f"schedule={schedule!r} is not one of {', '.join(SCHEDULES)}")
 
 
@@ -155,7 +164,7 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
           lr: float = 0.1, optimizer: str = "sgd", momentum: float = 0.0,
           weight_decay: float = 0.0, schedule: str = "constant",
           milestones: Sequence[float] = (0.5, 0.75), gamma: float = 0.1, warmup_steps: int = 0,
-          seed: int = 0, augment: Callable | None = None, max_steps: int | None = None,
+          seed: int = 0, augment: Callable | None = None, shuffle: str = "epoch", max_steps: int | None = None,
           log_every: int = 10, eval_every_epoch: bool = True, eval_batch_size: int = 1024,
           eval_every_steps: int | None = None,
           callbacks: Sequence[Callable[[StepState], None]] = (), progress: bool | None = None,
@@ -163,7 +172,7 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
     """Train ``model`` on ``data`` with cross-entropy; returns a :class:`History`.
 
     ``seed`` fixes the data order (the model's initialisation is the caller's:
-    seed before building it). ``max_steps`` stops early (smoke runs). Only
+    seed before building it); ``shuffle`` is one of :data:`SHUFFLES`. ``max_steps`` stops early (smoke runs). Only
     parameters with ``requires_grad`` are optimized, so freezing is done on
     the model before calling this. ``eval_every_steps=k`` also evaluates on
     the test set at step 0, every k steps and at the end, into ``history.evals``.
@@ -181,6 +190,8 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
         raise ValueError(f"lr={lr!r}: the learning rate must be a positive number")
     if epochs < 1:
         raise ValueError(f"epochs={epochs!r}: train for at least one epoch")
+    if shuffle not in SHUFFLES:
+        raise ValueError(f"shuffle={shuffle!r} is not one of {', '.join(SHUFFLES)}")
     callbacks = (*callbacks, *_OBSERVERS)
     device = get_device(device)
     model.to(device)
@@ -202,7 +213,8 @@ def train(model: nn.Module, data: TensorData, *, epochs: int = 1, batch_size: in
     # than 2 per process; synchronized BN takes the same steps as one process.
     last = len(data.x_train) % batch_size
     batches = Batches(data.x_train, data.y_train, batch_size, shuffle=True, seed=seed,
-                      drop_last=0 < last < 2 * world if per_device_bn else last == 1, augment=augment)
+                      drop_last=0 < last < 2 * world if per_device_bn else last == 1, augment=augment,
+                      fixed_batches=shuffle == "fixed_batches")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, optimizer, lr, momentum, weight_decay)
     total = epochs * len(batches) if max_steps is None else min(max_steps, epochs * len(batches))
