@@ -19,6 +19,7 @@ from torch import nn
 from ..core.claims import CHECK, Claim, ClaimSpec, at_most
 from ..core.store import Result
 from ..experiments.reader_questions import CLAIMS, LRS, question_mlp, sweep
+from ..nn.functional import eval_scale_shift
 from ..runner import load_groups
 
 FOLD_CHECK = ClaimSpec(
@@ -105,15 +106,16 @@ def weight_growth(results: list[Result]) -> list[float]:
 @torch.no_grad()
 def fold_batchnorm(model: nn.Sequential) -> nn.Sequential:
     """A copy of ``model`` (eval mode) with every BatchNorm1d folded into the Linear before it:
-    W' = diag(γ / sqrt(var + eps)) W, b' = γ (b - mean) / sqrt(var + eps) + β."""
+    W' = diag(scale) W, b' = scale b + shift, with BN's inference map y = scale x + shift
+    (:func:`bnrepro.nn.functional.eval_scale_shift`)."""
     layers = []
     for m in model:
         if isinstance(m, nn.BatchNorm1d):
             lin = layers.pop()
-            scale = m.weight / torch.sqrt(m.running_var + m.eps)
+            scale, shift = eval_scale_shift(m.running_mean, m.running_var, m.weight, m.bias, m.eps)
             fused = nn.Linear(lin.in_features, lin.out_features)
             fused.weight.copy_(lin.weight * scale[:, None])
-            fused.bias.copy_((lin.bias - m.running_mean) * scale + m.bias)
+            fused.bias.copy_(lin.bias * scale + shift)
             layers.append(fused)
         else:
             layers.append(m)

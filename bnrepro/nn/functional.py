@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .closed_form import _LOW_PRECISION, BatchNormFunction, _channel_shape
 
-__all__ = ["batch_norm"]
+__all__ = ["batch_norm", "eval_scale_shift"]
 
 
 def _check_batch(x: Tensor) -> None:
@@ -100,16 +100,23 @@ def batch_norm(input: Tensor, running_mean: Tensor | None,
     return _affine_eval(input, running_mean, running_var, weight, bias, eps)
 
 
-def _affine_eval(x, mean, var, weight, bias, eps):
-    # Algorithm 2, step 11: y = gamma/sqrt(Var+eps) * x + (beta - gamma*E/sqrt(Var+eps)).
-    # Folding into per-channel (scale, shift) makes it one pass over x.
-    # Half-precision input is transformed in float32 (its parameters may be float32).
-    shape = _channel_shape(x)
+def eval_scale_shift(mean, var, weight, bias, eps):
+    """BN at inference as one per-channel affine map y = scale * x + shift (Algorithm 2, step 11):
+    scale = gamma / sqrt(Var + eps), shift = beta - gamma * E / sqrt(Var + eps). ``weight``/``bias``
+    may be None (no affine parameters)."""
     scale = torch.rsqrt(var + eps)
     if weight is not None:
         scale = scale * weight
     shift = -mean * scale
     if bias is not None:
         shift = shift + bias
+    return scale, shift
+
+
+def _affine_eval(x, mean, var, weight, bias, eps):
+    # Folding Algorithm 2 into per-channel (scale, shift) makes it one pass over x.
+    # Half-precision input is transformed in float32 (its parameters may be float32).
+    shape = _channel_shape(x)
+    scale, shift = eval_scale_shift(mean, var, weight, bias, eps)
     xf = x.float() if x.dtype in _LOW_PRECISION else x
     return torch.addcmul(shift.view(shape).to(xf.dtype), xf, scale.view(shape).to(xf.dtype)).to(x.dtype)
