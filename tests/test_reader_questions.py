@@ -110,3 +110,9 @@ def test_every_question_s_evidence_names_scored_claims():
     ids = {s.id for ch in chapters() for s in importlib.import_module(f"bnrepro.chapters.{ch.module}").SPECS}
     for _question, cited in rq.QUESTIONS.values():
         assert cited and set(cited) <= ids, set(cited) - ids
+
+
+def test_the_page_scores_only_the_chapters_its_answers_cite():
+    spec_ids = {"reader_questions": {"q-bn-weights-grow"}, "lenet": {"bn-lenet-train-acc"},
+                "norm_family": {"gn-beats-layernorm", "x"}, "ics": {"smoother-loss"}}
+    assert rq.cited_chapters(spec_ids) == ["norm_family", "ics"]

@@ -165,6 +165,14 @@ def claims(profile: str, device=None) -> list[Claim]:
     return score(load(profile, device, verbose=False), profile)
 
 
+def cited_chapters(spec_ids: dict[str, set[str]]) -> list[str]:
+    """Of ``spec_ids`` (chapter module -> the ids of its SPECS, in book order), the other chapters
+    whose rows :data:`QUESTIONS` cite: the page scores only those, beside its own claims."""
+    cited = {cid for _, ids in QUESTIONS.values() for cid in ids}
+    own = __name__.rsplit(".", 1)[-1]
+    return [m for m, ids in spec_ids.items() if m != own and cited & set(ids)]
+
+
 def evidence(table, question: str):
     """The rows of a scorecard ``table`` (:func:`bnrepro.scorecard.collect`) that answer ``question``,
     in the order :data:`QUESTIONS` lists them."""
